@@ -1,0 +1,59 @@
+//! Objects every cluster has from the start, created through the same admission path as user
+//! writes (so they carry uid, timestamps and defaults) and only when missing.
+
+use serde_json::{Value, json};
+
+use crate::Api;
+use crate::handler::write::{FieldValidation, prepare_create, store_create};
+
+const SYSTEM_NAMESPACES: [&str; 4] = ["default", "kube-system", "kube-public", "kube-node-lease"];
+
+async fn create_if_missing(api: &Api, plural: &str, group: &str, ns: Option<&str>, mut obj: Value) -> anyhow::Result<()> {
+    let desc = api.registry.lookup(group, "v1", plural).expect("built-in resource").clone();
+    let name = obj["metadata"]["name"].as_str().unwrap_or_default().to_string();
+    if api.cache.cache(&desc).get(&desc.key(ns, &name)).is_some() {
+        return Ok(());
+    }
+    let (obj, _) = prepare_create(api, &desc, ns, &mut obj, FieldValidation::Strict)
+        .await
+        .map_err(|e| anyhow::anyhow!("bootstrap {plural}/{name}: {}", e.message))?;
+    match store_create(api, &desc, ns, &name, obj).await {
+        Ok(_) => Ok(()),
+        Err(e) if e.code == 409 => Ok(()),
+        Err(e) => Err(anyhow::anyhow!("bootstrap {plural}/{name}: {}", e.message)),
+    }
+}
+
+pub async fn ensure_builtin_objects(api: &Api) -> anyhow::Result<()> {
+    for ns in SYSTEM_NAMESPACES {
+        create_if_missing(api, "namespaces", "", None, json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}})).await?;
+    }
+    api.cache.wait_fresh().await.map_err(|e| anyhow::anyhow!(e.message))?;
+    let ip = api.config.service_cidr.nth(1).to_string();
+    create_if_missing(
+        api,
+        "services",
+        "",
+        Some("default"),
+        json!({
+            "apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": "kubernetes", "labels": {"component": "apiserver", "provider": "kubernetes"}},
+            "spec": {"type": "ClusterIP", "clusterIP": ip, "ports": [{"name": "https", "port": 443, "protocol": "TCP", "targetPort": api.config.secure_port}], "sessionAffinity": "None"},
+        }),
+    )
+    .await?;
+    create_if_missing(
+        api,
+        "endpoints",
+        "",
+        Some("default"),
+        json!({
+            "apiVersion": "v1", "kind": "Endpoints",
+            "metadata": {"name": "kubernetes", "labels": {"endpointslice.kubernetes.io/skip-mirror": "true"}},
+            "subsets": [{"addresses": [{"ip": api.config.advertise_address}], "ports": [{"name": "https", "port": api.config.secure_port, "protocol": "TCP"}]}],
+        }),
+    )
+    .await?;
+    api.cache.wait_fresh().await.map_err(|e| anyhow::anyhow!(e.message))?;
+    Ok(())
+}

@@ -1,0 +1,196 @@
+//! The one generic REST handler. A request path resolves to a [`Target`] through the registry; the
+//! verb modules below implement each operation once for every resource.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::http::{HeaderMap, HeaderValue, Method, Request, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use serde_json::Value;
+
+use crate::Api;
+use crate::registry::{Descriptor, Subresource};
+use crate::status::{ApiError, ApiResult};
+
+mod delete;
+mod read;
+mod subresource;
+mod watch;
+pub mod write;
+
+pub use write::WriteMode;
+
+/// A request aimed at a resource.
+pub struct Target {
+    pub desc: Arc<Descriptor>,
+    pub namespace: Option<String>,
+    pub name: Option<String>,
+    pub sub: Option<Subresource>,
+}
+
+impl Target {
+    pub fn key(&self) -> String {
+        self.desc.key(self.namespace.as_deref(), self.name.as_deref().unwrap_or_default())
+    }
+    pub fn name(&self) -> &str {
+        self.name.as_deref().unwrap_or_default()
+    }
+}
+
+/// Query parameters, decoded once.
+#[derive(Default)]
+pub struct Params(HashMap<String, String>);
+
+impl Params {
+    pub fn parse(query: Option<&str>) -> Params {
+        Params(form_urlencoded::parse(query.unwrap_or_default().as_bytes()).into_owned().collect())
+    }
+    pub fn get(&self, k: &str) -> Option<&str> {
+        self.0.get(k).map(String::as_str)
+    }
+    pub fn flag(&self, k: &str) -> bool {
+        matches!(self.get(k), Some("true") | Some("1"))
+    }
+    pub fn dry_run(&self) -> Result<bool, ApiError> {
+        match self.get("dryRun") {
+            None | Some("") => Ok(false),
+            Some("All") => Ok(true),
+            Some(other) => Err(ApiError::bad_request(format!("Invalid dryRun value: {other:?}: supported values: \"All\""))),
+        }
+    }
+    /// A non-negative integer parameter; malformed values are a 400 naming the parameter.
+    pub fn int(&self, k: &str) -> Result<Option<i64>, ApiError> {
+        match self.get(k) {
+            None | Some("") => Ok(None),
+            Some(s) => {
+                s.parse::<i64>().map(Some).map_err(|_| ApiError::bad_request(format!("invalid value for {k}: {s:?} is not an integer")))
+            }
+        }
+    }
+}
+
+/// Entry point for every `/api/...` and `/apis/...` request.
+pub async fn serve(api: Arc<Api>, req: Request<Body>) -> Response {
+    let (parts, body) = req.into_parts();
+    let params = Params::parse(parts.uri.query());
+    let path = parts.uri.path().to_string();
+    let result = route(&api, &parts.method, &path, &parts.headers, params, body).await;
+    match result {
+        Ok(r) => r,
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn route(api: &Arc<Api>, method: &Method, path: &str, headers: &HeaderMap, params: Params, body: Body) -> ApiResult<Response> {
+    let segs: Vec<&str> = path.trim_matches('/').split('/').filter(|s| !s.is_empty()).collect();
+    let (group, version, rest) = match segs.as_slice() {
+        ["api"] => return crate::discovery::core_versions(api, headers),
+        ["apis"] => return crate::discovery::groups(api, headers),
+        ["api", v] => return crate::discovery::resource_list(api, "", v),
+        ["apis", g] => return crate::discovery::group(api, g),
+        ["apis", g, v] => return crate::discovery::resource_list(api, g, v),
+        ["api", v, rest @ ..] => ("", *v, rest),
+        ["apis", g, v, rest @ ..] => (*g, *v, rest),
+        _ => return Err(ApiError::no_route()),
+    };
+    // Legacy `/watch/` paths are watch=true lists.
+    let (legacy_watch, rest) = match rest {
+        ["watch", tail @ ..] => (true, tail),
+        _ => (false, rest),
+    };
+    let target = resolve(api, group, version, rest)?;
+    let is_watch = legacy_watch || params.flag("watch");
+    match (method.clone(), target.name.is_some(), target.sub) {
+        (Method::GET, false, None) if is_watch => watch::watch(api, &target, headers, &params).await,
+        (Method::GET, true, None) if is_watch => watch::watch(api, &target, headers, &params).await,
+        (Method::GET, false, None) => read::list(api, &target, headers, &params).await,
+        (Method::GET, true, None) => read::get(api, &target, headers, &params).await,
+        (Method::GET, true, Some(Subresource::Scale)) => subresource::get_scale(api, &target).await,
+        (Method::GET, true, Some(_)) => read::get(api, &target, headers, &params).await,
+        (Method::POST, false, None) => write::create(api, &target, headers, &params, read_body(body).await?).await,
+        (Method::POST, true, Some(Subresource::Binding)) => subresource::bind(api, &target, headers, &params, read_body(body).await?).await,
+        (Method::POST, true, Some(Subresource::Eviction)) => {
+            subresource::evict(api, &target, headers, &params, read_body(body).await?).await
+        }
+        (Method::PUT, true, Some(Subresource::Scale)) => {
+            subresource::update_scale(api, &target, headers, &params, read_body(body).await?, false).await
+        }
+        (Method::PATCH, true, Some(Subresource::Scale)) => {
+            subresource::update_scale(api, &target, headers, &params, read_body(body).await?, true).await
+        }
+        (Method::PUT, true, sub) => write::update(api, &target, headers, &params, read_body(body).await?, WriteMode::for_sub(sub)).await,
+        (Method::PATCH, true, sub) => write::patch(api, &target, headers, &params, read_body(body).await?, WriteMode::for_sub(sub)).await,
+        (Method::DELETE, true, None) => delete::delete(api, &target, &params, read_body(body).await?).await,
+        (Method::DELETE, false, None) => delete::delete_collection(api, &target, &params, read_body(body).await?).await,
+        (m, _, _) => Err(ApiError::method_not_allowed(m.as_str())),
+    }
+}
+
+/// Resolve `rest` (the path after the group/version) into a target.
+fn resolve(api: &Api, group: &str, version: &str, rest: &[&str]) -> ApiResult<Target> {
+    let lookup = |plural: &str| api.registry.lookup(group, version, plural).cloned().ok_or_else(ApiError::no_route);
+    let sub = |desc: &Descriptor, s: &str| desc.subresources.iter().copied().find(|x| x.path() == s).ok_or_else(ApiError::no_route);
+    let t = match rest {
+        // namespaces/{ns}/{plural}[/{name}[/{sub}]], except namespace subresources.
+        ["namespaces", ns, s] if group.is_empty() && (*s == "status" || *s == "finalize") => {
+            let desc = lookup("namespaces")?;
+            let sub = sub(&desc, s)?;
+            Target { desc, namespace: None, name: Some(ns.to_string()), sub: Some(sub) }
+        }
+        ["namespaces", ns, plural, tail @ ..] => {
+            let desc = lookup(plural)?;
+            if !desc.namespaced {
+                return Err(ApiError::no_route());
+            }
+            let (name, s) = match tail {
+                [] => (None, None),
+                [n] => (Some(n.to_string()), None),
+                [n, s] => (Some(n.to_string()), Some(sub(&desc, s)?)),
+                _ => return Err(ApiError::no_route()),
+            };
+            Target { desc, namespace: Some(ns.to_string()), name, sub: s }
+        }
+        [plural, tail @ ..] => {
+            let desc = lookup(plural)?;
+            let (name, s) = match tail {
+                [] => (None, None),
+                [n] if !desc.namespaced => (Some(n.to_string()), None),
+                [n, s] if !desc.namespaced => (Some(n.to_string()), Some(sub(&desc, s)?)),
+                _ => return Err(ApiError::no_route()),
+            };
+            Target { desc, namespace: None, name, sub: s }
+        }
+        [] => return Err(ApiError::no_route()),
+    };
+    Ok(t)
+}
+
+async fn read_body(body: Body) -> ApiResult<Bytes> {
+    axum::body::to_bytes(body, crate::body::MAX_BODY_BYTES)
+        .await
+        .map_err(|_| ApiError::request_entity_too_large(crate::body::MAX_BODY_BYTES))
+}
+
+/// A JSON response from already-serialized bytes.
+pub fn json_bytes(status: StatusCode, bytes: Bytes) -> Response {
+    let mut r = (status, bytes).into_response();
+    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r
+}
+
+pub fn json_value(status: StatusCode, v: &Value) -> Response {
+    json_bytes(status, Bytes::from(serde_json::to_vec(v).unwrap_or_default()))
+}
+
+/// Adds `Warning: 299 - "..."` headers, as upstream does for fieldValidation=Warn and deprecations.
+pub fn with_warnings(mut r: Response, warnings: &[String]) -> Response {
+    for w in warnings {
+        let escaped = w.replace('\\', "\\\\").replace('"', "\\\"");
+        if let Ok(v) = HeaderValue::from_str(&format!("299 - \"{escaped}\"")) {
+            r.headers_mut().append(header::WARNING, v);
+        }
+    }
+    r
+}

@@ -1,0 +1,156 @@
+//! Subresources with their own shapes: scale (autoscaling/v1 Scale), pods/binding, pods/eviction.
+
+use std::sync::Arc;
+
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::Response;
+use bytes::Bytes;
+use serde_json::{Value, json};
+
+use super::delete::{DeleteOptions, delete_one};
+use super::write::{FieldValidation, Outcome, Patcher, WriteMode, commit_update, read_current};
+use super::{Params, Target, json_value};
+use crate::Api;
+use crate::body::{content_type, decode_object};
+use crate::status::{ApiError, ApiResult, FieldError};
+
+fn selector_string(obj: &Value) -> String {
+    let sel = obj.pointer("/spec/selector");
+    let labels = sel.and_then(|s| s.get("matchLabels")).or(sel).and_then(Value::as_object);
+    let mut parts: Vec<String> = labels.into_iter().flatten().filter_map(|(k, v)| v.as_str().map(|v| format!("{k}={v}"))).collect();
+    for e in sel.and_then(|s| s.get("matchExpressions")).and_then(Value::as_array).into_iter().flatten() {
+        let key = e.get("key").and_then(Value::as_str).unwrap_or_default();
+        let vals: Vec<&str> = e.get("values").and_then(Value::as_array).into_iter().flatten().filter_map(Value::as_str).collect();
+        parts.push(match e.get("operator").and_then(Value::as_str).unwrap_or_default() {
+            "In" => format!("{key} in ({})", vals.join(",")),
+            "NotIn" => format!("{key} notin ({})", vals.join(",")),
+            "Exists" => key.to_string(),
+            _ => format!("!{key}"),
+        });
+    }
+    parts.join(",")
+}
+
+/// The autoscaling/v1 Scale view of a workload.
+fn scale_of(obj: &Value) -> Value {
+    let meta = obj.get("metadata").cloned().unwrap_or(json!({}));
+    json!({
+        "kind": "Scale",
+        "apiVersion": "autoscaling/v1",
+        "metadata": {
+            "name": meta.get("name"),
+            "namespace": meta.get("namespace"),
+            "uid": meta.get("uid"),
+            "resourceVersion": meta.get("resourceVersion"),
+            "creationTimestamp": meta.get("creationTimestamp"),
+        },
+        "spec": {"replicas": obj.pointer("/spec/replicas").and_then(Value::as_i64).unwrap_or(0)},
+        "status": {
+            "replicas": obj.pointer("/status/replicas").and_then(Value::as_i64).unwrap_or(0),
+            "selector": selector_string(obj),
+        },
+    })
+}
+
+pub async fn get_scale(api: &Arc<Api>, t: &Target) -> ApiResult<Response> {
+    let (obj, _) = read_current(api, t).await?;
+    Ok(json_value(StatusCode::OK, &scale_of(&obj)))
+}
+
+pub async fn update_scale(
+    api: &Arc<Api>,
+    t: &Target,
+    headers: &HeaderMap,
+    params: &Params,
+    body: Bytes,
+    is_patch: bool,
+) -> ApiResult<Response> {
+    let patcher = if is_patch { Some(Patcher::new(&content_type(headers), &body)?) } else { None };
+    let put_body = if is_patch { None } else { Some(decode_object(headers, &body)?) };
+    let (outcome, _) = commit_update(api, t, WriteMode::Main, FieldValidation::Ignore, params.dry_run()?, |old| {
+        let current = scale_of(old);
+        let scale = match (&patcher, &put_body) {
+            (Some(p), _) => {
+                let mut s = p.apply(&current)?;
+                // A patch pins the version only when it names one.
+                if s.pointer("/metadata/resourceVersion").is_none() {
+                    s["metadata"]["resourceVersion"] = Value::Null;
+                }
+                s
+            }
+            (_, Some(b)) => b.clone(),
+            _ => unreachable!("either a patch or a body"),
+        };
+        if scale.get("kind").and_then(Value::as_str) != Some("Scale") {
+            return Err(ApiError::bad_request("the body must be an autoscaling/v1 Scale"));
+        }
+        let replicas = scale.pointer("/spec/replicas").and_then(Value::as_i64).unwrap_or(0);
+        if replicas < 0 {
+            return Err(ApiError::invalid(
+                "autoscaling",
+                "Scale",
+                t.name(),
+                &[FieldError::invalid("spec.replicas", &json!(replicas), "must be greater than or equal to 0")],
+            ));
+        }
+        let mut new = old.clone();
+        new["spec"]["replicas"] = json!(replicas);
+        match scale.pointer("/metadata/resourceVersion").and_then(Value::as_str) {
+            Some(rv) if !rv.is_empty() => new["metadata"]["resourceVersion"] = json!(rv),
+            _ => {
+                if let Some(m) = new.get_mut("metadata").and_then(Value::as_object_mut) {
+                    m.remove("resourceVersion");
+                }
+            }
+        }
+        Ok(new)
+    })
+    .await?;
+    let obj = match outcome {
+        Outcome::Updated(v) | Outcome::Unchanged(v) | Outcome::Deleted(v) => v,
+    };
+    Ok(json_value(StatusCode::OK, &scale_of(&obj)))
+}
+
+fn success(code: u16) -> Value {
+    json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": code})
+}
+
+/// pods/binding: assigns a pod to a node exactly once (what the scheduler calls).
+pub async fn bind(api: &Arc<Api>, t: &Target, headers: &HeaderMap, params: &Params, body: Bytes) -> ApiResult<Response> {
+    let binding = decode_object(headers, &body)?;
+    let node = binding.pointer("/target/name").and_then(Value::as_str).unwrap_or_default().to_string();
+    if node.is_empty() {
+        return Err(ApiError::invalid("", "Binding", t.name(), &[FieldError::required("target.name", "")]));
+    }
+    commit_update(api, t, WriteMode::Main, FieldValidation::Ignore, params.dry_run()?, |old| {
+        if old.get("metadata").and_then(|m| m.get("deletionTimestamp")).is_some() {
+            return Err(ApiError::conflict("", "pods", t.name(), "pod is being deleted, cannot be assigned to a host"));
+        }
+        if let Some(current) = old.pointer("/spec/nodeName").and_then(Value::as_str).filter(|n| !n.is_empty()) {
+            return Err(ApiError::conflict(
+                "",
+                "pods/binding",
+                t.name(),
+                &format!("pod {} is already assigned to node {current:?}", t.name()),
+            ));
+        }
+        let mut new = old.clone();
+        new["spec"]["nodeName"] = json!(node);
+        if let Some(m) = new.get_mut("metadata").and_then(Value::as_object_mut) {
+            m.remove("resourceVersion");
+        }
+        Ok(new)
+    })
+    .await?;
+    Ok(json_value(StatusCode::CREATED, &success(201)))
+}
+
+/// pods/eviction: deletes the pod with the eviction's DeleteOptions.
+pub async fn evict(api: &Arc<Api>, t: &Target, headers: &HeaderMap, params: &Params, body: Bytes) -> ApiResult<Response> {
+    let eviction = decode_object(headers, &body)?;
+    let opts_body = eviction.get("deleteOptions").map(|o| serde_json::to_vec(o).unwrap_or_default()).unwrap_or_default();
+    let opts = DeleteOptions::parse(params, &opts_body)?;
+    delete_one(api, t, &opts).await?;
+    Ok(json_value(StatusCode::CREATED, &success(201)))
+}

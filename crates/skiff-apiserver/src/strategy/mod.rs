@@ -1,0 +1,40 @@
+//! Per-type defaulting and validation (upstream's "strategies"), written against k8s-openapi types.
+//! Generic metadata rules live in [`meta`]; everything type-specific lives in one file per family.
+
+use crate::codec::AdmitError;
+use crate::status::FieldError;
+
+pub mod meta;
+pub mod namespace;
+pub mod pod;
+pub mod service;
+pub mod workload;
+
+pub use service::ServiceAllocator;
+
+/// Shared state strategies may consult (allocators). One per API server.
+pub struct Env {
+    pub services: ServiceAllocator,
+}
+
+/// Defaulting and validation for one type. Both hooks see the stored object on updates.
+pub trait Strategy<K>: Send + Sync + 'static {
+    fn default(&self, _obj: &mut K, _old: Option<&K>, _env: &Env) -> Result<(), AdmitError> {
+        Ok(())
+    }
+    fn validate(&self, _obj: &K, _old: Option<&K>) -> Vec<FieldError> {
+        Vec::new()
+    }
+}
+
+/// For types whose only rules are the generic metadata ones.
+pub struct Plain;
+impl<K> Strategy<K> for Plain {}
+
+/// Appends `err` when `new` differs from `old` (upstream's ValidateImmutableField message).
+pub fn immutable<T: PartialEq + serde::Serialize>(errs: &mut Vec<FieldError>, field: &str, new: &T, old: &T) {
+    if new != old {
+        let v = serde_json::to_value(new).unwrap_or_default();
+        errs.push(FieldError::invalid(field, &v, "field is immutable"));
+    }
+}

@@ -1,0 +1,118 @@
+//! `skiff server`: opens the store, bootstraps the PKI, starts the API server and writes the admin
+//! kubeconfig.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::Context;
+use clap::Args;
+use skiff_apiserver::strategy::service::Cidr;
+use skiff_apiserver::{Authenticator, UserInfo};
+
+#[derive(Args, Debug)]
+pub struct ServerArgs {
+    /// Where skiff keeps its state (store, certificates, kubeconfig).
+    #[arg(long, default_value = "/var/lib/skiff")]
+    pub data_dir: PathBuf,
+    /// HTTPS port of the API server.
+    #[arg(long, default_value_t = 6443)]
+    pub secure_port: u16,
+    /// Address to listen on.
+    #[arg(long, default_value = "0.0.0.0")]
+    pub bind_address: IpAddr,
+    /// Address advertised to clients and in the `kubernetes` Endpoints (default: the bind address,
+    /// or the host's first non-loopback IPv4 when binding to all addresses).
+    #[arg(long)]
+    pub advertise_address: Option<IpAddr>,
+    /// Also write the admin kubeconfig here.
+    #[arg(long)]
+    pub write_kubeconfig: Option<PathBuf>,
+    /// Extra names or IPs for the serving certificate (repeatable).
+    #[arg(long = "tls-san")]
+    pub tls_san: Vec<String>,
+    /// CIDR that Service cluster IPs are allocated from.
+    #[arg(long, default_value = "10.43.0.0/16")]
+    pub service_cidr: String,
+    /// Static bearer tokens (upstream's token file: token,user,uid,"group1,group2").
+    #[arg(long)]
+    pub token_auth_file: Option<PathBuf>,
+    /// Do not run the embedded node agent (accepted now; the agent is not built yet).
+    #[arg(long)]
+    pub disable_agent: bool,
+}
+
+struct TokenFile(skiff_pki::TokenAuthenticator);
+
+impl Authenticator for TokenFile {
+    fn authenticate(&self, token: &str) -> Option<UserInfo> {
+        self.0.authenticate(token).map(|u| UserInfo { name: u.name, groups: u.groups })
+    }
+}
+
+fn cert_identity(certs: &[rustls::pki_types::CertificateDer<'static>]) -> Option<UserInfo> {
+    skiff_pki::client_identity(certs).map(|u| UserInfo { name: u.name, groups: u.groups })
+}
+
+pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let service_cidr = Cidr::parse(&args.service_cidr).map_err(|e| anyhow::anyhow!("--service-cidr: {e}"))?;
+    std::fs::create_dir_all(&args.data_dir).with_context(|| format!("creating data dir {}", args.data_dir.display()))?;
+    let advertise = args.advertise_address.unwrap_or_else(|| {
+        if args.bind_address.is_unspecified() { skiff_pki::host_ipv4().unwrap_or(IpAddr::from([127, 0, 0, 1])) } else { args.bind_address }
+    });
+
+    let db_dir = args.data_dir.join("db");
+    std::fs::create_dir_all(&db_dir)?;
+    let store = skiff_store::embedded::EmbeddedStore::open(&db_dir.join("state.redb"), Default::default())
+        .with_context(|| format!("opening the store in {}", db_dir.display()))?;
+
+    let mut sans = args.tls_san.clone();
+    sans.push(advertise.to_string());
+    let pki = skiff_pki::ClusterPki::load_or_create(
+        &args.data_dir.join("tls"),
+        &skiff_pki::PkiOptions { tls_sans: sans, service_ip: Some(IpAddr::V4(service_cidr.nth(1))) },
+    )
+    .context("setting up the cluster CA and certificates")?;
+
+    let authn: Option<Arc<dyn Authenticator>> = match &args.token_auth_file {
+        Some(p) => Some(Arc::new(TokenFile(skiff_pki::TokenAuthenticator::load(p)?))),
+        None => None,
+    };
+    let config = skiff_apiserver::Config { advertise_address: advertise.to_string(), secure_port: args.secure_port, service_cidr };
+    let api = skiff_apiserver::Api::start(store.clone(), config, authn).await?;
+    let router = skiff_apiserver::router(api.clone());
+
+    let addr = SocketAddr::new(args.bind_address, args.secure_port);
+    let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("listening on {addr}"))?;
+    let host = if args.bind_address.is_unspecified() || args.bind_address.is_loopback() {
+        "127.0.0.1".to_string()
+    } else {
+        args.bind_address.to_string()
+    };
+    let url = format!("https://{host}:{}", listener.local_addr()?.port());
+    let kubeconfig = args.data_dir.join("kubeconfig.yaml");
+    skiff_pki::write_admin_kubeconfig(&kubeconfig, &url, &pki)?;
+    if let Some(extra) = &args.write_kubeconfig {
+        skiff_pki::write_admin_kubeconfig(extra, &url, &pki)?;
+    }
+    let controllers_client = crate::inprocess::client(router.clone(), "system:kube-controller-manager", &["system:masters"]);
+    tokio::spawn(skiff_controllers::run(controllers_client));
+    if !args.disable_agent {
+        tracing::warn!("the node agent is not built yet: running the control plane only");
+    }
+    tracing::info!(url = %url, kubeconfig = %kubeconfig.display(), "skiff API server ready in {} ms", started.elapsed().as_millis());
+
+    let shutdown = async {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {},
+            _ = term.recv() => {},
+        }
+        tracing::info!("shutting down");
+    };
+    skiff_apiserver::server::serve_tls(listener, pki.server_config()?, router, cert_identity, shutdown).await?;
+    drop(api);
+    Ok(())
+}

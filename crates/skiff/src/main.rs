@@ -1,0 +1,42 @@
+//! skiff: Kubernetes in one binary. This crate is only the CLI and the wiring; each component lives
+//! in its own crate (see ARCHITECTURE.md).
+
+use clap::{Parser, Subcommand};
+
+mod cmd;
+mod inprocess;
+
+#[derive(Parser)]
+#[command(name = "skiff", version, about = "Kubernetes in one binary")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the control plane (API server + datastore; the agent comes later).
+    Server(cmd::server::ServerArgs),
+    /// Print the skiff and Kubernetes API versions.
+    Version,
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("SKIFF_LOG").unwrap_or_else(|_| "info".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    // One TLS backend for the whole process (kube and our server both use ring).
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    match cli.command {
+        Command::Version => {
+            println!("skiff version v{} (Kubernetes API {})", env!("CARGO_PKG_VERSION"), skiff_apiserver::KUBERNETES_VERSION);
+            Ok(())
+        }
+        Command::Server(args) => {
+            let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+            rt.block_on(cmd::server::run(args))
+        }
+    }
+}

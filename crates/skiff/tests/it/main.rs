@@ -1,0 +1,6 @@
+//! End-to-end tests: the real skiff binary driven by the real kubectl and kube-rs.
+//! One test binary (modules below) so the suite links once.
+
+#[allow(dead_code)] // not every test uses every helper
+mod harness;
+mod kubectl;
