@@ -29,6 +29,9 @@ impl DeleteOptions {
     pub fn parse(params: &Params, body: &[u8]) -> ApiResult<DeleteOptions> {
         let b: Value = if body.iter().all(u8::is_ascii_whitespace) {
             json!({})
+        } else if body.starts_with(b"k8s\0") {
+            // Typed clients (kubectl 1.33) send DeleteOptions as Kubernetes protobuf.
+            crate::protobuf::decode(body).map_err(ApiError::bad_request)?
         } else {
             serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("error decoding DeleteOptions: {e}")))?
         };

@@ -264,7 +264,6 @@ fn kubectl_1_27_everyday_verbs() {
 }
 
 #[test]
-#[ignore = "kubectl 1.33 sends protobuf bodies for typed create subcommands; decoding lands next"]
 fn kubectl_1_33_everyday_verbs() {
     let s = Server::start();
     everyday_verbs(&s, KUBECTL_133, "team-133");
