@@ -20,8 +20,8 @@ use tokio::sync::{broadcast, watch};
 use crate::registry::{Descriptor, Registry};
 use crate::status::ApiError;
 
-/// Events kept per resource for watchers that resume from a resourceVersion.
-const HISTORY: usize = 10_000;
+/// Default number of events kept per resource for watchers that resume from a resourceVersion.
+pub const DEFAULT_HISTORY: usize = 10_000;
 /// Broadcast slots per resource; a watcher further behind catches up from the history.
 const BROADCAST: usize = 1024;
 
@@ -33,6 +33,8 @@ pub struct CachedObject {
     /// The object's JSON, resourceVersion included: written to clients as-is.
     pub bytes: Bytes,
     pub labels: BTreeMap<String, String>,
+    /// Whether metadata.deletionTimestamp is set (checked on every create in a namespace).
+    pub deleting: bool,
     /// Values of the descriptor's selectable fields, in `field_selectors` order.
     fields: Vec<String>,
 }
@@ -54,9 +56,10 @@ impl CachedObject {
             .and_then(Value::as_object)
             .map(|m| m.iter().map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_string())).collect())
             .unwrap_or_default();
+        let deleting = meta.get("deletionTimestamp").is_some_and(|t| !t.is_null());
         let fields = desc.field_selectors.iter().map(|f| field_value(v, f)).collect();
         let bytes = Bytes::from(serde_json::to_vec(v).map_err(|e| e.to_string())?);
-        Ok(CachedObject { namespace, name, rv, bytes, labels, fields })
+        Ok(CachedObject { namespace, name, rv, bytes, labels, deleting, fields })
     }
 
     pub fn value(&self) -> Value {
@@ -127,6 +130,7 @@ struct State {
 /// One resource's cache.
 pub struct ResourceCache {
     pub desc: Arc<Descriptor>,
+    history: usize,
     state: RwLock<State>,
     tx: broadcast::Sender<Arc<CacheEvent>>,
 }
@@ -138,10 +142,10 @@ pub struct WatchStart {
 }
 
 impl ResourceCache {
-    fn new(desc: Arc<Descriptor>, rev: Revision) -> Self {
-        let (tx, _) = broadcast::channel(BROADCAST);
+    fn new(desc: Arc<Descriptor>, rev: Revision, history: usize) -> Self {
+        let (tx, _) = broadcast::channel(BROADCAST.min(history.max(16)));
         let state = State { objects: BTreeMap::new(), history: VecDeque::new(), complete_after: rev, rev, next_seq: 1 };
-        ResourceCache { desc, state: RwLock::new(state), tx }
+        ResourceCache { desc, history: history.max(1), state: RwLock::new(state), tx }
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, State> {
@@ -228,7 +232,7 @@ impl ResourceCache {
         st.rev = st.rev.max(rev);
         let ev = Arc::new(CacheEvent { seq, ty, obj, prev });
         st.history.push_back(ev.clone());
-        if st.history.len() > HISTORY
+        if st.history.len() > self.history
             && let Some(old) = st.history.pop_front()
         {
             st.complete_after = old.obj.rv;
@@ -247,6 +251,7 @@ fn deleted_version(desc: &Descriptor, prev: &CachedObject, rev: Revision) -> Arc
         rv: rev,
         bytes: prev.bytes.clone(),
         labels: prev.labels.clone(),
+        deleting: prev.deleting,
         fields: prev.fields.clone(),
     }))
 }
@@ -261,11 +266,12 @@ pub struct WatchCache {
 
 impl WatchCache {
     /// Loads every resource from the store and starts following it.
-    pub async fn start(store: Arc<dyn Store>, registry: Arc<Registry>) -> Result<Arc<WatchCache>, ApiError> {
+    /// `history`: events kept per resource (upstream's `--default-watch-cache-size`).
+    pub async fn start(store: Arc<dyn Store>, registry: Arc<Registry>, history: usize) -> Result<Arc<WatchCache>, ApiError> {
         let initial = store.range(RangeRequest::prefix("/registry/")).await?;
         let rev = initial.revision;
         let caches: HashMap<&'static str, Arc<ResourceCache>> =
-            registry.all().iter().map(|d| (d.storage_prefix, Arc::new(ResourceCache::new(d.clone(), rev)))).collect();
+            registry.all().iter().map(|d| (d.storage_prefix, Arc::new(ResourceCache::new(d.clone(), rev, history)))).collect();
         let (observed, _) = watch::channel(rev);
         let wc = Arc::new(WatchCache { store, registry, caches, observed });
         for kv in initial.kvs {

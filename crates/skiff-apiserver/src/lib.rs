@@ -45,6 +45,8 @@ pub struct Config {
     pub advertise_address: String,
     pub secure_port: u16,
     pub service_cidr: Cidr,
+    /// Events kept per resource in the watch cache for resuming watchers.
+    pub watch_cache_size: usize,
 }
 
 /// The API server's shared state.
@@ -62,7 +64,9 @@ impl Api {
     /// every cluster has (system namespaces, the `kubernetes` Service).
     pub async fn start(store: Arc<dyn Store>, config: Config, authn: Option<Arc<dyn Authenticator>>) -> anyhow::Result<Arc<Api>> {
         let registry = Arc::new(registry::Registry::builtin());
-        let cache = cache::WatchCache::start(store.clone(), registry.clone()).await.map_err(|e| anyhow::anyhow!(e.message))?;
+        let cache = cache::WatchCache::start(store.clone(), registry.clone(), config.watch_cache_size)
+            .await
+            .map_err(|e| anyhow::anyhow!(e.message))?;
         let env = strategy::Env { services: strategy::ServiceAllocator::new(config.service_cidr) };
         let api = Arc::new(Api { registry, store, cache, env, config, authn });
         let weak = Arc::downgrade(&api);

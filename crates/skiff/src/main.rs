@@ -3,6 +3,7 @@
 
 use clap::{Parser, Subcommand};
 
+mod bench;
 mod cmd;
 mod inprocess;
 
@@ -19,6 +20,9 @@ enum Command {
     Server(cmd::server::ServerArgs),
     /// Print the skiff and Kubernetes API versions.
     Version,
+    /// Benchmarks with a same-run reference (build with --release).
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -26,6 +30,7 @@ fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("SKIFF_LOG").unwrap_or_else(|_| "info".into()))
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     // One TLS backend for the whole process (kube and our server both use ring).
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -33,6 +38,10 @@ fn main() -> anyhow::Result<()> {
         Command::Version => {
             println!("skiff version v{} (Kubernetes API {})", env!("CARGO_PKG_VERSION"), skiff_apiserver::KUBERNETES_VERSION);
             Ok(())
+        }
+        Command::Bench(cmd) => {
+            let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+            rt.block_on(bench::run(cmd))
         }
         Command::Server(args) => {
             let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;

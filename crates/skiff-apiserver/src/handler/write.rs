@@ -142,12 +142,12 @@ fn admit(api: &Api, desc: &Descriptor, obj: Value, old: Option<&Value>, fv: Fiel
 }
 
 /// Serialized form written to the store: no resourceVersion (the store revision is the version).
-fn stored_bytes(obj: &Value) -> Bytes {
-    let mut o = obj.clone();
-    if let Some(m) = o.get_mut("metadata").and_then(Value::as_object_mut) {
+/// The caller sets the new resourceVersion on `obj` after the write.
+fn stored_bytes(obj: &mut Value) -> Bytes {
+    if let Some(m) = obj.get_mut("metadata").and_then(Value::as_object_mut) {
         m.remove("resourceVersion");
     }
-    Bytes::from(serde_json::to_vec(&o).unwrap_or_default())
+    Bytes::from(serde_json::to_vec(obj).unwrap_or_default())
 }
 
 fn set_rv(obj: &mut Value, rev: Revision) {
@@ -168,8 +168,7 @@ async fn check_namespace(api: &Api, desc: &Descriptor, ns: &str) -> ApiResult<()
         found = cache.get(&ns_desc.key(None, ns));
     }
     let Some(nsobj) = found else { return Err(ApiError::not_found("", "namespaces", ns)) };
-    let v = nsobj.value();
-    if v.get("metadata").and_then(|m| m.get("deletionTimestamp")).is_some() {
+    if nsobj.deleting {
         return Err(ApiError::forbidden(
             desc.group,
             desc.plural,
@@ -255,7 +254,7 @@ pub async fn store_create(api: &Api, desc: &Descriptor, ns: Option<&str>, name: 
     let key = desc.key(ns, name);
     let txn = Txn {
         compare: vec![Compare::absent(&key)],
-        success: vec![Op::Put { key: key.clone(), value: stored_bytes(&obj) }],
+        success: vec![Op::Put { key: key.clone(), value: stored_bytes(&mut obj) }],
         failure: vec![],
     };
     let resp = api.store.txn(txn).await?;
@@ -351,7 +350,7 @@ where
         let op = if finished {
             Op::Delete { key: key.clone(), range_end: None }
         } else {
-            Op::Put { key: key.clone(), value: stored_bytes(&admitted) }
+            Op::Put { key: key.clone(), value: stored_bytes(&mut admitted) }
         };
         let resp = api.store.txn(Txn { compare: vec![Compare::unchanged(&key, old_rev)], success: vec![op], failure: vec![] }).await?;
         if resp.succeeded {

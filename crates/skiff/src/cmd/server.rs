@@ -38,6 +38,10 @@ pub struct ServerArgs {
     /// Static bearer tokens (upstream's token file: token,user,uid,"group1,group2").
     #[arg(long)]
     pub token_auth_file: Option<PathBuf>,
+    /// Events kept per resource for watchers resuming from a resourceVersion (upstream's
+    /// --default-watch-cache-size); older resumes get 410 Gone and relist.
+    #[arg(long, default_value_t = skiff_apiserver::cache::DEFAULT_HISTORY)]
+    pub watch_cache_size: usize,
     /// Do not run the embedded node agent (accepted now; the agent is not built yet).
     #[arg(long)]
     pub disable_agent: bool,
@@ -80,7 +84,12 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         Some(p) => Some(Arc::new(TokenFile(skiff_pki::TokenAuthenticator::load(p)?))),
         None => None,
     };
-    let config = skiff_apiserver::Config { advertise_address: advertise.to_string(), secure_port: args.secure_port, service_cidr };
+    let config = skiff_apiserver::Config {
+        advertise_address: advertise.to_string(),
+        secure_port: args.secure_port,
+        service_cidr,
+        watch_cache_size: args.watch_cache_size,
+    };
     let api = skiff_apiserver::Api::start(store.clone(), config, authn).await?;
     let router = skiff_apiserver::router(api.clone());
 

@@ -1,0 +1,41 @@
+//! `skiff bench`: benchmarks that print absolute numbers and ratios against a reference measured in
+//! the same run on the same machine (these machines are noisy; only same-run ratios compare).
+
+use clap::{Args, Subcommand};
+
+mod api;
+mod client;
+mod etcd;
+mod stats;
+
+#[derive(Subcommand, Debug)]
+pub enum BenchCommand {
+    /// API server: durable ConfigMap creates at 1/16/128 clients, p99 at a fixed rate, list and
+    /// watch latency, RSS; the same writes against etcd 3.4 as the reference.
+    Api(ApiArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct ApiArgs {
+    /// Seconds per write phase.
+    #[arg(long, default_value_t = 5)]
+    pub seconds: u64,
+    /// Objects for the large list/RSS phase.
+    #[arg(long, default_value_t = 100_000)]
+    pub objects: usize,
+    /// Watchers for the watch-latency phase.
+    #[arg(long, default_value_t = 100)]
+    pub watchers: usize,
+    /// The etcd binary for the reference run ("" skips it).
+    #[arg(long, default_value = "/usr/bin/etcd")]
+    pub etcd: String,
+    /// Directory for data (server store, etcd data); the same disk for both.
+    #[arg(long, default_value = "/var/tmp")]
+    pub work_dir: std::path::PathBuf,
+}
+
+pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
+    match cmd {
+        BenchCommand::Api(args) => api::run(args).await,
+    }
+}
