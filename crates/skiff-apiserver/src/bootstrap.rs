@@ -7,6 +7,8 @@ use crate::Api;
 use crate::handler::write::{FieldValidation, prepare_create, store_create};
 
 const SYSTEM_NAMESPACES: [&str; 4] = ["default", "kube-system", "kube-public", "kube-node-lease"];
+/// Namespaces upstream refuses to delete.
+pub const UNDELETABLE_NAMESPACES: [&str; 3] = ["default", "kube-system", "kube-public"];
 
 async fn create_if_missing(api: &Api, plural: &str, group: &str, ns: Option<&str>, mut obj: Value) -> anyhow::Result<()> {
     let desc = api.registry.lookup(group, "v1", plural).expect("built-in resource").clone();

@@ -112,8 +112,9 @@ pub enum CompareResult {
     Greater,
 }
 
-/// A guard in a [`Txn`]. For a missing key every revision/version reads as 0 and the value as empty,
-/// exactly as in etcd, so "create if absent" is `ModRevision(0) == `.
+/// A guard in a [`Txn`]. For a missing key every revision/version reads as 0, exactly as in etcd, so
+/// "create if absent" is `ModRevision(0) == `. As in etcd, a `Value` compare on a missing key is
+/// false whatever the operator.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Compare {
     pub key: String,
@@ -181,6 +182,8 @@ pub enum EventKind {
 
 /// One change seen by a watcher. For `Delete`, `kv.mod_revision` is the delete's revision, `kv.value`
 /// is empty, and `prev_kv` holds the key's last value before the delete (always set for deletes).
+/// For `Put`, `prev_kv` is the version it replaced, or None if the put created the key (etcd's
+/// `WithPrevKV`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Event {
     pub kind: EventKind,
@@ -219,7 +222,10 @@ pub trait Store: Send + Sync + 'static {
     async fn txn(&self, txn: Txn) -> Result<TxnResponse>;
 
     /// Watch `[key, range_end)` (or the single key) starting at `start_revision` inclusive;
-    /// 0 = only changes after the current revision.
+    /// 0 = only changes after the current revision. A start at or below the compact revision is
+    /// refused here with `Compacted`; a stream that later falls behind a compaction yields
+    /// `Err(Compacted)` and ends. (etcd itself still serves a start equal to the compact revision;
+    /// the conformance suite does not rely on that boundary.)
     async fn watch(&self, key: String, range_end: Option<String>, start_revision: Revision) -> Result<WatchStream>;
 
     async fn current_revision(&self) -> Result<Revision>;

@@ -77,6 +77,10 @@ pub async fn delete(api: &Arc<Api>, t: &Target, params: &Params, body: Bytes) ->
 /// (finalizers or graceful termination).
 pub async fn delete_one(api: &Api, t: &Target, opts: &DeleteOptions) -> ApiResult<(StatusCode, Value)> {
     let desc = &t.desc;
+    // Upstream's NamespaceLifecycle admission keeps the system namespaces.
+    if desc.kind == "Namespace" && crate::bootstrap::UNDELETABLE_NAMESPACES.contains(&t.name()) {
+        return Err(ApiError::forbidden("", "namespaces", t.name(), "this namespace may not be deleted"));
+    }
     for _attempt in 0..16 {
         let (old, rev) = read_current(api, t).await?;
         let meta = old.get("metadata").cloned().unwrap_or(json!({}));

@@ -123,7 +123,9 @@ async fn route(api: &Arc<Api>, method: &Method, path: &str, headers: &HeaderMap,
         (Method::PUT, true, sub) => write::update(api, &target, headers, &params, read_body(body).await?, WriteMode::for_sub(sub)).await,
         (Method::PATCH, true, sub) => write::patch(api, &target, headers, &params, read_body(body).await?, WriteMode::for_sub(sub)).await,
         (Method::DELETE, true, None) => delete::delete(api, &target, &params, read_body(body).await?).await,
-        (Method::DELETE, false, None) => delete::delete_collection(api, &target, &params, read_body(body).await?).await,
+        (Method::DELETE, false, None) if target.desc.verbs.contains(&"deletecollection") => {
+            delete::delete_collection(api, &target, &params, read_body(body).await?).await
+        }
         (m, _, _) => Err(ApiError::method_not_allowed(m.as_str())),
     }
 }
@@ -167,10 +169,36 @@ fn resolve(api: &Api, group: &str, version: &str, rest: &[&str]) -> ApiResult<Ta
     Ok(t)
 }
 
+/// Reads a request body up to the limit. An oversized body is still drained (bounded in bytes
+/// and time) before the 413 is sent: closing a socket with unread upload data makes the kernel
+/// reset the connection, and the client would lose the 413 (upstream's Go server lingers too).
 async fn read_body(body: Body) -> ApiResult<Bytes> {
-    axum::body::to_bytes(body, crate::body::MAX_BODY_BYTES)
-        .await
-        .map_err(|_| ApiError::request_entity_too_large(crate::body::MAX_BODY_BYTES))
+    use http_body_util::BodyExt;
+    const DRAIN_LIMIT: usize = 64 * 1024 * 1024;
+    let limit = crate::body::MAX_BODY_BYTES;
+    let mut body = body;
+    let mut buf = bytes::BytesMut::new();
+    let mut seen = 0usize;
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let frame = match tokio::time::timeout_at(deadline, body.frame()).await {
+            Ok(Some(Ok(f))) => f,
+            Ok(Some(Err(e))) => return Err(ApiError::bad_request(format!("error reading the request body: {e}"))),
+            Ok(None) | Err(_) => break,
+        };
+        if let Ok(data) = frame.into_data() {
+            seen += data.len();
+            if seen <= limit {
+                buf.extend_from_slice(&data);
+            } else if seen > DRAIN_LIMIT {
+                break;
+            }
+        }
+    }
+    if seen > limit {
+        return Err(ApiError::request_entity_too_large(limit));
+    }
+    Ok(buf.freeze())
 }
 
 /// A JSON response from already-serialized bytes.

@@ -95,28 +95,23 @@ fn generate_name(prefix: &str) -> String {
     format!("{prefix}{suffix}")
 }
 
-/// Checks apiVersion/kind of a body against the target resource.
-pub fn check_type(desc: &Descriptor, obj: &Value) -> ApiResult<()> {
-    let raw = || {
-        let s = obj.to_string();
-        if s.len() > 200 { format!("{}...", &s[..s.floor_char_boundary(200)]) } else { s }
-    };
-    let kind = obj.get("kind").and_then(Value::as_str).unwrap_or_default();
-    let av = obj.get("apiVersion").and_then(Value::as_str).unwrap_or_default();
-    if kind.is_empty() {
-        return Err(ApiError::bad_request(format!("Object 'Kind' is missing in '{}'", raw())));
-    }
-    if av.is_empty() {
-        return Err(ApiError::bad_request(format!("Object 'apiVersion' is missing in '{}'", raw())));
-    }
-    if av != desc.api_version() {
+/// Checks apiVersion/kind of a body against the target resource. Missing ones default to the
+/// endpoint's, as upstream's decoder does (it decodes with the endpoint's kind as the default).
+pub fn check_type(desc: &Descriptor, obj: &mut Value) -> ApiResult<()> {
+    let kind = obj.get("kind").and_then(Value::as_str).unwrap_or_default().to_string();
+    let av = obj.get("apiVersion").and_then(Value::as_str).unwrap_or_default().to_string();
+    if !av.is_empty() && av != desc.api_version() {
         return Err(ApiError::bad_request(format!(
             "the API version in the data ({av}) does not match the expected API version ({})",
             desc.api_version()
         )));
     }
-    if kind != desc.kind {
+    if !kind.is_empty() && kind != desc.kind {
         return Err(ApiError::bad_request(format!("the kind in the data ({kind}) does not match the expected kind ({})", desc.kind)));
+    }
+    if let Some(o) = obj.as_object_mut() {
+        o.insert("apiVersion".into(), json!(desc.api_version()));
+        o.insert("kind".into(), json!(desc.kind));
     }
     Ok(())
 }
@@ -316,7 +311,7 @@ where
     for _attempt in 0..16 {
         let (old, old_rev) = read_current(api, t).await?;
         let mut new = mutate(&old)?;
-        check_type(desc, &new)?;
+        check_type(desc, &mut new)?;
         let pinned = parse_rv(&new)?;
         if let Some(rv) = pinned
             && rv != old_rev

@@ -76,6 +76,10 @@ impl Descriptor {
         self.field_selectors = f;
         self
     }
+    fn verbs(mut self, v: &'static [&'static str]) -> Self {
+        self.verbs = v;
+        self
+    }
     fn names(mut self, rule: NameRule) -> Self {
         self.name_rule = rule;
         self
@@ -94,6 +98,7 @@ pub fn descriptors() -> Vec<Descriptor> {
         res::<core::v1::Namespace, _>("namespaces", "namespace", "/registry/namespaces/", NamespaceStrategy)
             .short(&["ns"])
             .names(NameRule::Label)
+            .verbs(&["create", "delete", "get", "list", "patch", "update", "watch"])
             .subs(&[Status, Finalize])
             .fields(&["status.phase"])
             .table(columns::NAMESPACES),

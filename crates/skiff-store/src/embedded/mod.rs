@@ -1,219 +1,216 @@
-//! The embedded backend: redb, fsync before acknowledging, group commit, automatic compaction.
+//! The embedded backend: one redb file, fsync before acknowledging, group commit, automatic
+//! compaction.
 //!
-//! Layout and read paths are in [`tables`], the writer thread in [`writer`]. Reads never queue
-//! behind writes: they use redb's MVCC read transactions.
+//! * Revisions: an empty store is at revision 0; the first write creates revision 1 (etcd starts at
+//!   1 with an empty store; nothing here depends on the difference).
+//! * Layout ([`codec`]): etcd's. Changes are records keyed by revision, so commits append; an
+//!   in-memory index ([`index`]) maps keys to their versions and is rebuilt from the records on
+//!   open (it costs memory per key and per uncompacted version, like etcd's).
+//! * Writes go through one writer thread ([`writer`]) that commits many transactions per fsync.
+//! * Reads ([`read`]) and watch replays ([`watch`]) use redb read transactions (MVCC snapshots) and
+//!   the multi-versioned index, and never queue behind writes.
+//! * A commit's bookkeeping (revision, compaction state) is in the same redb transaction as its
+//!   data, so a crash at any point reopens to the last acknowledged commit.
 
 use std::path::Path;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Weak};
-use std::time::Duration;
+use std::sync::{Arc, Mutex, PoisonError, RwLock, mpsc};
+use std::time::{Duration, Instant};
 
 use redb::{Database, ReadableDatabase, ReadableTable};
-use tokio::sync::{broadcast, mpsc, oneshot};
-use tokio_stream::wrappers::ReceiverStream;
+use tokio::sync::{broadcast, oneshot};
 
-mod tables;
+mod apply;
+mod codec;
+mod compact;
+mod index;
+mod read;
+mod request;
+mod watch;
 mod writer;
 
-use tables::{HIST, LOG, META, META_COMPACT, META_REV, backend, range_at};
-use writer::{Request, Shared};
+use codec::{META, META_COMPACT, META_PHYSICAL, META_REV, META_SCHEMA, REVS, Record, SCHEMA, backend};
+use index::{Index, Version};
+use request::Span;
+use writer::{AutoCompact, Request, Shared, Writer};
 
-use crate::{Event, RangeRequest, RangeResponse, Result, Revision, Store, StoreError, Txn, TxnResponse, WatchStream};
+use crate::{RangeRequest, RangeResponse, Result, Revision, Store, StoreError, Txn, TxnResponse, WatchStream};
 
-/// Events a watcher may have in flight before it is switched to re-reading the log.
-const LIVE_BUFFER: usize = 4096;
-/// Events buffered per watch stream towards its consumer.
-const STREAM_BUFFER: usize = 1024;
+/// Commits a live watcher may fall behind before it switches to re-reading the log. Small on
+/// purpose: each slot holds a whole commit's events, and catching up from the log is cheap.
+const LIVE_BUFFER: usize = 128;
 
 #[derive(Clone, Debug)]
 pub struct EmbeddedOptions {
     /// Every interval, compact to the revision that was current at the previous tick (what
     /// kube-apiserver's compactor does against etcd); None disables it.
     pub auto_compact_interval: Option<Duration>,
+    /// Memory redb may use to cache pages (counts towards the server's RSS once touched).
+    pub cache_size: usize,
 }
 
 impl Default for EmbeddedOptions {
     fn default() -> Self {
-        EmbeddedOptions { auto_compact_interval: Some(Duration::from_secs(300)) }
+        EmbeddedOptions { auto_compact_interval: Some(Duration::from_secs(300)), cache_size: 64 << 20 }
     }
 }
 
 /// Counters for tests and benchmarks.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Stats {
+    /// Durable commits of transaction batches (compaction commits are not counted).
     pub commits: u64,
+    /// Transactions answered by the writer, including those that changed nothing.
     pub txns: u64,
 }
 
+/// See the [module docs](self). Dropping the last handle stops the writer thread (after it finishes
+/// the batch at hand) and ends every watch with `Err(Closed)`.
 pub struct EmbeddedStore {
     shared: Arc<Shared>,
-    tx: mpsc::UnboundedSender<Request>,
+    requests: mpsc::Sender<Request>,
+    writer: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
 impl EmbeddedStore {
-    /// Opens (creating if needed) the store at `path`. An unclean shutdown is recovered by redb.
+    /// Opens (creating if needed) the store in the database file at `path`; missing parent
+    /// directories are created. After a crash redb recovers the last durable commit and an
+    /// interrupted compaction resumes. Opening reads every record to rebuild the index.
     pub fn open(path: &Path, opts: EmbeddedOptions) -> Result<Arc<EmbeddedStore>> {
-        let db = Database::create(path).map_err(backend)?;
-        let (rev, compacted) = {
-            let wtx = db.begin_write().map_err(backend)?;
-            let (rev, compacted) = {
-                let meta = wtx.open_table(META).map_err(backend)?;
-                wtx.open_table(HIST).map_err(backend)?;
-                wtx.open_table(LOG).map_err(backend)?;
-                let rev = meta.get(META_REV).map_err(backend)?.map(|v| v.value()).unwrap_or(0);
-                let compacted = meta.get(META_COMPACT).map_err(backend)?.map(|v| v.value()).unwrap_or(0);
-                (rev, compacted)
-            };
-            wtx.commit().map_err(backend)?;
-            (rev, compacted)
-        };
-        let (events, _) = broadcast::channel(LIVE_BUFFER);
-        let shared = Arc::new(Shared { db, revision: rev.into(), compacted: compacted.into(), commits: 0.into(), txns: 0.into(), events });
-        let (tx, rx) = mpsc::unbounded_channel();
-        let s2 = shared.clone();
-        std::thread::Builder::new().name("skiff-store-writer".into()).spawn(move || writer::run(s2, rx)).map_err(backend)?;
-        let store = Arc::new(EmbeddedStore { shared, tx });
-        if let Some(every) = opts.auto_compact_interval {
-            let weak = Arc::downgrade(&store);
-            std::thread::Builder::new().name("skiff-store-compactor".into()).spawn(move || auto_compact(weak, every)).map_err(backend)?;
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(backend)?;
         }
-        Ok(store)
+        let db = Database::builder().set_cache_size(opts.cache_size).create(path).map_err(backend)?;
+        let (rev, compacted, physical) = init(&db)?;
+        let index = load_index(&db)?;
+        let (events, _) = broadcast::channel(LIVE_BUFFER);
+        let shared = Arc::new(Shared {
+            db,
+            index: RwLock::new(index),
+            revision: rev.into(),
+            compacted: compacted.into(),
+            closed: false.into(),
+            commits: 0.into(),
+            txns: 0.into(),
+            #[cfg(test)]
+            fail_commits: 0.into(),
+            events: Mutex::new(Some(events.clone())),
+        });
+        let auto = opts.auto_compact_interval.map(|every| AutoCompact { every, next_tick: Instant::now() + every, previous: None });
+        let writer = Writer::new(shared.clone(), events, physical, auto);
+        let (requests, rx) = mpsc::channel();
+        let handle = std::thread::Builder::new().name("skiff-store-writer".into()).spawn(move || writer.run(rx)).map_err(backend)?;
+        Ok(Arc::new(EmbeddedStore { shared, requests, writer: Mutex::new(Some(handle)) }))
     }
 
     pub fn stats(&self) -> Stats {
         Stats { commits: self.shared.commits.load(Ordering::Relaxed), txns: self.shared.txns.load(Ordering::Relaxed) }
     }
 
-    fn read_range(&self, req: &RangeRequest) -> Result<RangeResponse> {
-        if req.key.is_empty() {
-            return Err(StoreError::InvalidRequest("key is not provided".into()));
+    /// Stops the writer after the transactions already queued, and ends every watch with
+    /// `Err(Closed)`; later calls fail with `Closed`. The file is released when the last handle is
+    /// dropped.
+    pub async fn close(&self) {
+        let (tx, rx) = oneshot::channel();
+        if self.requests.send(Request::Shutdown(Some(tx))).is_ok() {
+            let _ = rx.await;
         }
-        let rtx = self.shared.db.begin_read().map_err(backend)?;
-        let meta = rtx.open_table(META).map_err(backend)?;
-        let current = meta.get(META_REV).map_err(backend)?.map(|v| v.value()).unwrap_or(0);
-        let compacted = meta.get(META_COMPACT).map_err(backend)?.map(|v| v.value()).unwrap_or(0);
-        let rev = if req.revision <= 0 { current } else { req.revision };
-        if rev > current {
-            return Err(StoreError::FutureRevision);
-        }
-        if rev < compacted {
-            return Err(StoreError::Compacted { compact_revision: compacted });
-        }
-        let hist = rtx.open_table(HIST).map_err(backend)?;
-        let mut resp = range_at(&hist, req, rev)?;
-        resp.revision = current;
-        Ok(resp)
     }
 
-    fn replay(&self, from: Revision, to: Revision) -> Result<Vec<Event>> {
+    fn read(&self, req: &RangeRequest) -> Result<RangeResponse> {
         let rtx = self.shared.db.begin_read().map_err(backend)?;
-        let compacted = rtx.open_table(META).map_err(backend)?.get(META_COMPACT).map_err(backend)?.map(|v| v.value()).unwrap_or(0);
-        if from <= compacted {
-            return Err(StoreError::Compacted { compact_revision: compacted });
-        }
-        let hist = rtx.open_table(HIST).map_err(backend)?;
-        let log = rtx.open_table(LOG).map_err(backend)?;
-        writer::replay(&hist, &log, from, to)
+        read::snapshot_range(&self.shared.index, &self.shared.compacted, &rtx, req)
+    }
+
+    fn check_open(&self) -> Result<()> {
+        if self.shared.closed.load(Ordering::SeqCst) { Err(StoreError::Closed) } else { Ok(()) }
     }
 }
 
-fn auto_compact(store: Weak<EmbeddedStore>, every: Duration) {
-    let mut previous: Option<Revision> = None;
-    loop {
-        std::thread::sleep(every);
-        let Some(s) = store.upgrade() else { return };
-        let now = s.shared.revision.load(Ordering::SeqCst);
-        if let Some(p) = previous
-            && p > s.shared.compacted.load(Ordering::SeqCst)
-        {
-            let (tx, rx) = oneshot::channel();
-            if s.tx.send(Request::Compact(p, tx)).is_err() {
-                return;
+/// Creates the tables of a new file, checks the schema of an existing one, and returns the current,
+/// compact and physically compacted revisions.
+fn init(db: &Database) -> Result<(Revision, Revision, Revision)> {
+    let wtx = db.begin_write().map_err(backend)?;
+    let revs = {
+        let mut meta = wtx.open_table(META).map_err(backend)?;
+        wtx.open_table(REVS).map_err(backend)?;
+        let get = |key| Ok::<_, StoreError>(meta.get(key).map_err(backend)?.map(|v| v.value()));
+        let (schema, rev, compacted, physical) = (get(META_SCHEMA)?, get(META_REV)?, get(META_COMPACT)?, get(META_PHYSICAL)?);
+        match (schema, rev) {
+            (Some(SCHEMA), _) => {}
+            (None, None) => {
+                meta.insert(META_SCHEMA, SCHEMA).map_err(backend)?;
             }
-            drop(s);
-            match rx.blocking_recv() {
-                Ok(Err(e)) => tracing::warn!("auto-compaction to {p} failed: {e}"),
-                Ok(Ok(())) => tracing::debug!("compacted to revision {p}"),
-                Err(_) => return,
-            }
+            (other, _) => return Err(StoreError::Backend(format!("unsupported store format {other:?} (expected {SCHEMA})"))),
         }
-        previous = Some(now);
-    }
+        (rev.unwrap_or(0), compacted.unwrap_or(0), physical.unwrap_or(0))
+    };
+    wtx.commit().map_err(backend)?;
+    Ok(revs)
 }
 
-fn in_range(key: &str, start: &str, end: Option<&str>) -> bool {
-    match end {
-        None => key == start,
-        Some(end) => key >= start && key < end,
+/// Rebuilds the index from every record, in revision order.
+fn load_index(db: &Database) -> Result<Index> {
+    let mut index = Index::default();
+    let rtx = db.begin_read().map_err(backend)?;
+    let revs = rtx.open_table(REVS).map_err(backend)?;
+    for row in revs.range::<(u64, u32)>(..).map_err(backend)? {
+        let (id, record) = row.map_err(backend)?;
+        let (rev, sub) = id.value();
+        let r = Record::decode(record.value())?;
+        let v = Version { rev: rev as Revision, sub, create_revision: r.create_revision, version: r.version, tombstone: r.tombstone };
+        index.push(r.key, v);
+    }
+    Ok(index)
+}
+
+impl Drop for EmbeddedStore {
+    fn drop(&mut self) {
+        let _ = self.requests.send(Request::Shutdown(None));
+        // Joining releases the writer's hold on the file, so the store can be reopened at once.
+        if let Some(handle) = self.writer.lock().unwrap_or_else(PoisonError::into_inner).take() {
+            let _ = handle.join();
+        }
     }
 }
 
 #[async_trait::async_trait]
 impl Store for EmbeddedStore {
     async fn range(&self, req: RangeRequest) -> Result<RangeResponse> {
-        self.read_range(&req)
+        request::check_range(&req)?;
+        self.check_open()?;
+        // A single key is a few page reads; a range may be long, so it leaves the async workers.
+        if matches!(Span::new(&req.key, req.range_end.as_deref()), Span::One(_)) {
+            return self.read(&req);
+        }
+        let shared = self.shared.clone();
+        tokio::task::spawn_blocking(move || {
+            let rtx = shared.db.begin_read().map_err(backend)?;
+            read::snapshot_range(&shared.index, &shared.compacted, &rtx, &req)
+        })
+        .await
+        .map_err(backend)?
     }
 
     async fn txn(&self, txn: Txn) -> Result<TxnResponse> {
+        request::check_txn(&txn)?;
         let (tx, rx) = oneshot::channel();
-        self.tx.send(Request::Txn(txn, tx)).map_err(|_| StoreError::Closed)?;
+        self.requests.send(Request::Txn(txn, tx)).map_err(|_| StoreError::Closed)?;
         rx.await.map_err(|_| StoreError::Closed)?
     }
 
     async fn watch(&self, key: String, range_end: Option<String>, start_revision: Revision) -> Result<WatchStream> {
-        if key.is_empty() {
-            return Err(StoreError::InvalidRequest("key is not provided".into()));
-        }
-        // Subscribe before reading the revision: every event above it then reaches `live`.
-        let mut live = self.shared.events.subscribe();
+        request::check_watch(&key, start_revision)?;
+        // Subscribing before loading the revision: every revision above it then arrives live.
+        let live = self.shared.subscribe().ok_or(StoreError::Closed)?;
         let current = self.shared.revision.load(Ordering::SeqCst);
         let compacted = self.shared.compacted.load(Ordering::SeqCst);
-        let start = if start_revision <= 0 { current + 1 } else { start_revision };
-        if start <= compacted {
+        let next = if start_revision == 0 { current + 1 } else { start_revision };
+        if next <= compacted {
             return Err(StoreError::Compacted { compact_revision: compacted });
         }
-        let backlog = self.replay(start, current)?;
-        let (out, rx) = mpsc::channel::<Result<Event>>(STREAM_BUFFER);
-        let weak = Arc::downgrade(&self.shared);
-        let me = WatchReader { shared: weak, key, end: range_end };
-        tokio::spawn(async move {
-            let mut delivered = start - 1;
-            if me.send_all(&out, backlog, &mut delivered).await.is_err() {
-                return;
-            }
-            loop {
-                match live.recv().await {
-                    Ok(batch) => {
-                        if me.send_all(&out, batch.iter().cloned().collect(), &mut delivered).await.is_err() {
-                            return;
-                        }
-                    }
-                    Err(broadcast::error::RecvError::Lagged(_)) => {
-                        // Fell behind the live buffer: catch up from the log instead.
-                        live = match me.shared.upgrade() {
-                            Some(s) => s.events.subscribe(),
-                            None => return,
-                        };
-                        match me.catch_up(delivered + 1) {
-                            Ok(evs) => {
-                                if me.send_all(&out, evs, &mut delivered).await.is_err() {
-                                    return;
-                                }
-                            }
-                            Err(e) => {
-                                let _ = out.send(Err(e)).await;
-                                return;
-                            }
-                        }
-                    }
-                    Err(broadcast::error::RecvError::Closed) => {
-                        let _ = out.send(Err(StoreError::Closed)).await;
-                        return;
-                    }
-                }
-            }
-        });
-        Ok(Box::pin(ReceiverStream::new(rx)))
+        let live = (next > current).then_some(live);
+        Ok(watch::Watcher::new(Arc::downgrade(&self.shared), key, range_end, next, live).into_stream())
     }
 
     async fn current_revision(&self) -> Result<Revision> {
@@ -222,57 +219,12 @@ impl Store for EmbeddedStore {
 
     async fn compact(&self, revision: Revision) -> Result<()> {
         let (tx, rx) = oneshot::channel();
-        self.tx.send(Request::Compact(revision, tx)).map_err(|_| StoreError::Closed)?;
+        self.requests.send(Request::Compact(revision, tx)).map_err(|_| StoreError::Closed)?;
         rx.await.map_err(|_| StoreError::Closed)?
     }
 
     async fn compact_revision(&self) -> Result<Revision> {
         Ok(self.shared.compacted.load(Ordering::SeqCst))
-    }
-}
-
-struct WatchReader {
-    shared: Weak<Shared>,
-    key: String,
-    end: Option<String>,
-}
-
-impl WatchReader {
-    /// Sends the events above `delivered` that fall in the watched range. Batches always hold whole
-    /// revisions, so afterwards everything up to the highest revision seen is delivered.
-    async fn send_all(
-        &self,
-        out: &mpsc::Sender<Result<Event>>,
-        events: Vec<Event>,
-        delivered: &mut Revision,
-    ) -> std::result::Result<(), ()> {
-        let mut max = *delivered;
-        for ev in events {
-            let rev = ev.kv.mod_revision;
-            if rev <= *delivered {
-                continue;
-            }
-            if in_range(&ev.kv.key, &self.key, self.end.as_deref()) {
-                out.send(Ok(ev)).await.map_err(|_| ())?;
-            }
-            max = max.max(rev);
-        }
-        *delivered = max;
-        Ok(())
-    }
-
-    fn catch_up(&self, next: Revision) -> Result<Vec<Event>> {
-        let shared = self.shared.upgrade().ok_or(StoreError::Closed)?;
-        let rtx = shared.db.begin_read().map_err(backend)?;
-        let meta = rtx.open_table(META).map_err(backend)?;
-        let current = meta.get(META_REV).map_err(backend)?.map(|v| v.value()).unwrap_or(0);
-        let compacted = meta.get(META_COMPACT).map_err(backend)?.map(|v| v.value()).unwrap_or(0);
-        if next <= compacted {
-            return Err(StoreError::Compacted { compact_revision: compacted });
-        }
-        let hist = rtx.open_table(HIST).map_err(backend)?;
-        let log = rtx.open_table(LOG).map_err(backend)?;
-        writer::replay(&hist, &log, next, current)
     }
 }
 

@@ -18,7 +18,7 @@ pub struct Server {
     log: PathBuf,
 }
 
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
@@ -72,6 +72,11 @@ impl Server {
         self.child.as_ref().unwrap().id()
     }
 
+    /// True while the process we started has not exited (a crash leaves a zombie until reaped).
+    pub fn is_running(&mut self) -> bool {
+        self.child.as_mut().is_some_and(|c| c.try_wait().unwrap().is_none())
+    }
+
     /// SIGKILL, as a crash would.
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
@@ -113,6 +118,16 @@ impl Server {
             child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
         }
         child.wait_with_output().unwrap()
+    }
+
+    /// kube-rs configuration from the admin kubeconfig the server wrote.
+    pub async fn kube_config(&self) -> kube::Config {
+        let kc = kube::config::Kubeconfig::read_from(&self.kubeconfig).expect("read kubeconfig");
+        kube::Config::from_custom_kubeconfig(kc, &Default::default()).await.expect("kubeconfig to kube::Config")
+    }
+
+    pub async fn kube_client(&self) -> kube::Client {
+        kube::Client::try_from(self.kube_config().await).expect("build kube client")
     }
 
     /// Runs kubectl and returns stdout, panicking with stderr and server logs on failure.
