@@ -6,3 +6,4 @@ mod crash;
 #[allow(dead_code)] // not every test uses every helper
 mod harness;
 mod kubectl;
+mod watcher;
