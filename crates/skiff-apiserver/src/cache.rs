@@ -32,7 +32,9 @@ pub struct CachedObject {
     pub rv: Revision,
     /// The object's JSON, resourceVersion included: written to clients as-is.
     pub bytes: Bytes,
-    pub labels: BTreeMap<String, String>,
+    /// Labels sorted by key. A boxed slice, not a map: a BTreeMap node is allocated for 11
+    /// entries even when an object has one label, and there is one of these per cached object.
+    pub labels: Box<[(Box<str>, Box<str>)]>,
     /// Whether metadata.deletionTimestamp is set (checked on every create in a namespace).
     pub deleting: bool,
     /// Values of the descriptor's selectable fields, in `field_selectors` order.
@@ -41,9 +43,53 @@ pub struct CachedObject {
 
 impl CachedObject {
     /// Builds the cached form of a stored value at revision `rv`.
+    ///
+    /// Every write passes through here, so the common case avoids building a `Value` and
+    /// re-serializing the object: it reads only the metadata it needs and splices the
+    /// resourceVersion into the stored bytes. Resources with field selectors beyond name and
+    /// namespace take the general path.
     pub fn from_stored(desc: &Descriptor, raw: &[u8], rv: Revision) -> Result<CachedObject, String> {
+        if desc.field_selectors.is_empty()
+            && let Some(obj) = Self::fast(raw, rv)
+        {
+            return Ok(obj);
+        }
         let mut v: Value = serde_json::from_slice(raw).map_err(|e| format!("stored object is not JSON: {e}"))?;
         Self::from_value(desc, &mut v, rv)
+    }
+
+    fn fast(raw: &[u8], rv: Revision) -> Option<CachedObject> {
+        #[derive(serde::Deserialize)]
+        struct Head {
+            metadata: MetaHead,
+        }
+        #[derive(serde::Deserialize)]
+        struct MetaHead {
+            #[serde(default)]
+            name: String,
+            namespace: Option<String>,
+            #[serde(default)]
+            labels: BTreeMap<String, String>,
+            #[serde(rename = "deletionTimestamp")]
+            deletion_timestamp: Option<serde::de::IgnoredAny>,
+            #[serde(rename = "resourceVersion")]
+            resource_version: Option<serde::de::IgnoredAny>,
+        }
+        let head: Head = serde_json::from_slice(raw).ok()?;
+        if head.metadata.resource_version.is_some() {
+            return None;
+        }
+        let bytes = splice_resource_version(raw, rv)?;
+        let labels = head.metadata.labels.into_iter().map(|(k, v)| (k.into_boxed_str(), v.into_boxed_str())).collect();
+        Some(CachedObject {
+            namespace: head.metadata.namespace,
+            name: head.metadata.name,
+            rv,
+            bytes,
+            labels,
+            deleting: head.metadata.deletion_timestamp.is_some(),
+            fields: Vec::new(),
+        })
     }
 
     pub fn from_value(desc: &Descriptor, v: &mut Value, rv: Revision) -> Result<CachedObject, String> {
@@ -51,15 +97,25 @@ impl CachedObject {
         meta.insert("resourceVersion".into(), Value::String(rv.to_string()));
         let name = meta.get("name").and_then(Value::as_str).unwrap_or_default().to_string();
         let namespace = meta.get("namespace").and_then(Value::as_str).map(str::to_string);
-        let labels = meta
+        let mut labels: Vec<(Box<str>, Box<str>)> = meta
             .get("labels")
             .and_then(Value::as_object)
-            .map(|m| m.iter().map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_string())).collect())
+            .map(|m| m.iter().map(|(k, v)| (k.as_str().into(), v.as_str().unwrap_or_default().into())).collect())
             .unwrap_or_default();
+        labels.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        let labels = labels.into_boxed_slice();
         let deleting = meta.get("deletionTimestamp").is_some_and(|t| !t.is_null());
         let fields = desc.field_selectors.iter().map(|f| field_value(v, f)).collect();
-        let bytes = Bytes::from(serde_json::to_vec(v).map_err(|e| e.to_string())?);
+        let mut json = serde_json::to_vec(v).map_err(|e| e.to_string())?;
+        // The serializer grows its buffer by doubling; the cache keeps these bytes for the
+        // object's lifetime, so give the slack back.
+        json.shrink_to_fit();
+        let bytes = Bytes::from(json);
         Ok(CachedObject { namespace, name, rv, bytes, labels, deleting, fields })
+    }
+
+    pub fn label(&self, key: &str) -> Option<&str> {
+        self.labels.binary_search_by(|(k, _)| (**k).cmp(key)).ok().map(|i| &*self.labels[i].1)
     }
 
     pub fn value(&self) -> Value {
@@ -74,6 +130,57 @@ impl CachedObject {
             f => desc.field_selectors.iter().position(|x| *x == f).map(|i| self.fields[i].as_str()).unwrap_or(""),
         }
     }
+}
+
+/// Inserts `"resourceVersion":"<rv>"` as the first member of the top-level `metadata` object, by
+/// scanning the JSON structure (strings skipped, depth tracked). None if there is no such object.
+fn splice_resource_version(raw: &[u8], rv: Revision) -> Option<Bytes> {
+    let mut depth = 0usize;
+    let mut in_string = false;
+    let mut escaped = false;
+    let mut string_start = 0;
+    let mut last_string: &[u8] = &[];
+    let mut key: &[u8] = &[];
+    for (i, &b) in raw.iter().enumerate() {
+        if in_string {
+            if escaped {
+                escaped = false;
+            } else if b == b'\\' {
+                escaped = true;
+            } else if b == b'"' {
+                in_string = false;
+                last_string = &raw[string_start..i];
+            }
+            continue;
+        }
+        match b {
+            b'"' => {
+                in_string = true;
+                string_start = i + 1;
+            }
+            b':' if depth == 1 => key = last_string,
+            b',' if depth == 1 => key = &[],
+            b'{' | b'[' => {
+                depth += 1;
+                if b == b'{' && depth == 2 && key == b"metadata" {
+                    let insert = format!("\"resourceVersion\":\"{rv}\"");
+                    let rest = &raw[i + 1..];
+                    let empty = rest.iter().find(|c| !c.is_ascii_whitespace()) == Some(&b'}');
+                    let mut out = Vec::with_capacity(raw.len() + insert.len() + 1);
+                    out.extend_from_slice(&raw[..=i]);
+                    out.extend_from_slice(insert.as_bytes());
+                    if !empty {
+                        out.push(b',');
+                    }
+                    out.extend_from_slice(rest);
+                    return Some(Bytes::from(out));
+                }
+            }
+            b'}' | b']' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    None
 }
 
 /// Reads a dotted JSON path as upstream's field-label conversion does: strings as-is, bools and
@@ -405,5 +512,23 @@ impl WatchCache {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resource_version_is_spliced_into_top_level_metadata_only() {
+        let raw = br#"{"apiVersion":"v1","data":{"x":"\"metadata\":{","nested":"{"},"kind":"ControllerRevision","metadata":{"name":"a","labels":{"k":"v"}},"spec":{"metadata":{}}}"#;
+        let out = splice_resource_version(raw, 42).unwrap();
+        let v: Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v["metadata"]["resourceVersion"], "42");
+        assert_eq!(v["metadata"]["name"], "a");
+        assert!(v["spec"]["metadata"].get("resourceVersion").is_none());
+        let empty = splice_resource_version(br#"{"metadata":{}}"#, 7).unwrap();
+        assert_eq!(&empty[..], br#"{"metadata":{"resourceVersion":"7"}}"#);
+        assert!(splice_resource_version(br#"{"kind":"X"}"#, 1).is_none());
     }
 }

@@ -120,7 +120,7 @@ impl Filter {
     }
 
     pub fn matches(&self, desc: &Descriptor, o: &CachedObject) -> bool {
-        self.labels.matches(&o.labels) && self.fields.matches_with(|f| o.field(desc, f))
+        self.labels.matches_with(|k| o.label(k)) && self.fields.matches_with(|f| o.field(desc, f))
     }
 
     pub fn is_empty(&self) -> bool {
