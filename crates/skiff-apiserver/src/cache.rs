@@ -134,7 +134,7 @@ impl CachedObject {
 
 /// Inserts `"resourceVersion":"<rv>"` as the first member of the top-level `metadata` object, by
 /// scanning the JSON structure (strings skipped, depth tracked). None if there is no such object.
-fn splice_resource_version(raw: &[u8], rv: Revision) -> Option<Bytes> {
+pub(crate) fn splice_resource_version(raw: &[u8], rv: Revision) -> Option<Bytes> {
     let mut depth = 0usize;
     let mut in_string = false;
     let mut escaped = false;

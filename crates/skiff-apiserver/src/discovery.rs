@@ -39,6 +39,16 @@ fn aggregated_response(version: &str, body: &Value) -> Response {
     r
 }
 
+/// shortNames and categories, present only when non-empty (both discovery forms).
+fn add_names(r: &mut Value, d: &Descriptor) {
+    if !d.short_names.is_empty() {
+        r["shortNames"] = json!(d.short_names);
+    }
+    if !d.categories.is_empty() {
+        r["categories"] = json!(d.categories);
+    }
+}
+
 fn aggregated_resource(d: &Descriptor) -> Value {
     let subs: Vec<Value> = d
         .subresources
@@ -56,12 +66,7 @@ fn aggregated_resource(d: &Descriptor) -> Value {
         "singularResource": d.singular,
         "verbs": d.verbs,
     });
-    if !d.short_names.is_empty() {
-        r["shortNames"] = json!(d.short_names);
-    }
-    if !d.categories.is_empty() {
-        r["categories"] = json!(d.categories);
-    }
+    add_names(&mut r, d);
     if !subs.is_empty() {
         r["subresources"] = json!(subs);
     }
@@ -134,12 +139,7 @@ pub fn resource_list(api: &Arc<Api>, g: &str, v: &str) -> ApiResult<Response> {
             "kind": d.kind,
             "verbs": d.verbs,
         });
-        if !d.short_names.is_empty() {
-            r["shortNames"] = json!(d.short_names);
-        }
-        if !d.categories.is_empty() {
-            r["categories"] = json!(d.categories);
-        }
+        add_names(&mut r, d);
         resources.push(r);
         for s in d.subresources {
             let (kind, group, version, verbs) = s.discovery(d.kind);

@@ -184,8 +184,8 @@ pub async fn create(api: &Arc<Api>, t: &Target, headers: &HeaderMap, params: &Pa
     if dry_run {
         return Ok(with_warnings(json_value(StatusCode::CREATED, &obj), &warnings));
     }
-    let obj = store_create(api, &t.desc, t.namespace.as_deref(), &name, obj).await?;
-    Ok(with_warnings(json_value(StatusCode::CREATED, &obj), &warnings))
+    let created = store_create(api, &t.desc, t.namespace.as_deref(), &name, obj).await?;
+    Ok(with_warnings(super::json_bytes(StatusCode::CREATED, created), &warnings))
 }
 
 /// Everything before the store write of a create; shared with internal bootstrap writes.
@@ -244,20 +244,21 @@ pub async fn prepare_create(
     admit(api, desc, obj.take(), None, fv)
 }
 
-/// The create-if-absent transaction; returns the object with its resourceVersion.
-pub async fn store_create(api: &Api, desc: &Descriptor, ns: Option<&str>, name: &str, mut obj: Value) -> ApiResult<Value> {
+/// The create-if-absent transaction; returns the created object's JSON with its resourceVersion
+/// (spliced into the stored bytes rather than serializing the object a second time).
+pub async fn store_create(api: &Api, desc: &Descriptor, ns: Option<&str>, name: &str, mut obj: Value) -> ApiResult<Bytes> {
     let key = desc.key(ns, name);
-    let txn = Txn {
-        compare: vec![Compare::absent(&key)],
-        success: vec![Op::Put { key: key.clone(), value: stored_bytes(&mut obj) }],
-        failure: vec![],
-    };
+    let stored = stored_bytes(&mut obj);
+    let txn =
+        Txn { compare: vec![Compare::absent(&key)], success: vec![Op::Put { key: key.clone(), value: stored.clone() }], failure: vec![] };
     let resp = api.store.txn(txn).await?;
     if !resp.succeeded {
         return Err(ApiError::already_exists(desc.group, desc.plural, name));
     }
-    set_rv(&mut obj, resp.revision);
-    Ok(obj)
+    Ok(crate::cache::splice_resource_version(&stored, resp.revision).unwrap_or_else(|| {
+        set_rv(&mut obj, resp.revision);
+        Bytes::from(serde_json::to_vec(&obj).unwrap_or_default())
+    }))
 }
 
 /// The stored object (with resourceVersion) and its revision, or 404.
