@@ -110,6 +110,26 @@ impl LabelSelector {
     }
 }
 
+/// Formats a selector as upstream prints it (`a=b,c in (x,y),!d`): a `metav1.LabelSelector`
+/// (matchLabels + matchExpressions) or a plain label map (Services, ReplicationControllers).
+pub fn format_selector(sel: &serde_json::Value) -> String {
+    use serde_json::Value;
+    let labels = sel.get("matchLabels").unwrap_or(sel);
+    let mut parts: Vec<String> =
+        labels.as_object().into_iter().flatten().filter_map(|(k, v)| v.as_str().map(|v| format!("{k}={v}"))).collect();
+    for e in sel.get("matchExpressions").and_then(Value::as_array).into_iter().flatten() {
+        let key = e.get("key").and_then(Value::as_str).unwrap_or_default();
+        let vals: Vec<&str> = e.get("values").and_then(Value::as_array).into_iter().flatten().filter_map(Value::as_str).collect();
+        parts.push(match e.get("operator").and_then(Value::as_str).unwrap_or_default() {
+            "In" => format!("{key} in ({})", vals.join(",")),
+            "NotIn" => format!("{key} notin ({})", vals.join(",")),
+            "Exists" => key.to_string(),
+            _ => format!("!{key}"),
+        });
+    }
+    parts.join(",")
+}
+
 /// Split on commas that are not inside parentheses.
 fn split_terms(s: &str) -> Result<Vec<&str>, String> {
     let mut out = Vec::new();
@@ -207,6 +227,13 @@ mod tests {
             assert!(LabelSelector::parse(bad).is_err(), "{bad}");
         }
         assert!(FieldSelector::parse("metadata.name").is_err());
+    }
+
+    #[test]
+    fn selectors_print_like_upstream() {
+        let sel = serde_json::json!({"matchLabels": {"app": "web"}, "matchExpressions": [{"key": "tier", "operator": "In", "values": ["a", "b"]}, {"key": "old", "operator": "DoesNotExist"}]});
+        assert_eq!(format_selector(&sel), "app=web,tier in (a,b),!old");
+        assert_eq!(format_selector(&serde_json::json!({"app": "web"})), "app=web");
     }
 
     #[test]

@@ -110,10 +110,7 @@ impl Filter {
         let fields = FieldSelector::parse(params.get("fieldSelector").unwrap_or_default()).map_err(ApiError::bad_request)?;
         for (f, _, _) in &fields.reqs {
             if !desc.supports_field(f) {
-                return Err(ApiError::bad_request(format!(
-                    "\"{f}\" is not a known field selector: only \"metadata.name\", \"metadata.namespace\""
-                ))
-                .with_field_label(f));
+                return Err(ApiError::bad_request(format!("field label not supported: {f}")));
             }
         }
         Ok(Filter { labels, fields })
@@ -125,14 +122,6 @@ impl Filter {
 
     pub fn is_empty(&self) -> bool {
         self.labels.is_empty() && self.fields.is_empty()
-    }
-}
-
-impl ApiError {
-    /// Upstream's wording for unsupported field selectors: `field label not supported: X`.
-    fn with_field_label(mut self, f: &str) -> Self {
-        self.message = format!("field label not supported: {f}");
-        self
     }
 }
 

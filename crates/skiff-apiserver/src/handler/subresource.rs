@@ -14,23 +14,6 @@ use crate::Api;
 use crate::body::{content_type, decode_object};
 use crate::status::{ApiError, ApiResult, FieldError};
 
-fn selector_string(obj: &Value) -> String {
-    let sel = obj.pointer("/spec/selector");
-    let labels = sel.and_then(|s| s.get("matchLabels")).or(sel).and_then(Value::as_object);
-    let mut parts: Vec<String> = labels.into_iter().flatten().filter_map(|(k, v)| v.as_str().map(|v| format!("{k}={v}"))).collect();
-    for e in sel.and_then(|s| s.get("matchExpressions")).and_then(Value::as_array).into_iter().flatten() {
-        let key = e.get("key").and_then(Value::as_str).unwrap_or_default();
-        let vals: Vec<&str> = e.get("values").and_then(Value::as_array).into_iter().flatten().filter_map(Value::as_str).collect();
-        parts.push(match e.get("operator").and_then(Value::as_str).unwrap_or_default() {
-            "In" => format!("{key} in ({})", vals.join(",")),
-            "NotIn" => format!("{key} notin ({})", vals.join(",")),
-            "Exists" => key.to_string(),
-            _ => format!("!{key}"),
-        });
-    }
-    parts.join(",")
-}
-
 /// The autoscaling/v1 Scale view of a workload.
 fn scale_of(obj: &Value) -> Value {
     let meta = obj.get("metadata").cloned().unwrap_or(json!({}));
@@ -47,7 +30,7 @@ fn scale_of(obj: &Value) -> Value {
         "spec": {"replicas": obj.pointer("/spec/replicas").and_then(Value::as_i64).unwrap_or(0)},
         "status": {
             "replicas": obj.pointer("/status/replicas").and_then(Value::as_i64).unwrap_or(0),
-            "selector": selector_string(obj),
+            "selector": obj.pointer("/spec/selector").map(crate::selector::format_selector).unwrap_or_default(),
         },
     })
 }

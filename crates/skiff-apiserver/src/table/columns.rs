@@ -30,28 +30,7 @@ fn containers_images(v: &Value, spec: &[&str]) -> (Value, Value) {
     (json!(names.join(",")), json!(images.join(",")))
 }
 fn selector_string(v: &Value, path: &[&str]) -> String {
-    let Some(sel) = path.iter().try_fold(v, |v, k| v.get(k)) else { return "<none>".into() };
-    let mut parts = Vec::new();
-    // Either a metav1.LabelSelector or a plain map (services, RCs).
-    let labels = sel.get("matchLabels").unwrap_or(sel);
-    if let Some(m) = labels.as_object() {
-        for (k, val) in m {
-            if let Some(val) = val.as_str() {
-                parts.push(format!("{k}={val}"));
-            }
-        }
-    }
-    for e in arr(sel, &["matchExpressions"]) {
-        let vals: Vec<&str> = arr(e, &["values"]).iter().filter_map(Value::as_str).collect();
-        let key = s(e, &["key"]);
-        parts.push(match s(e, &["operator"]) {
-            "In" => format!("{key} in ({})", vals.join(",")),
-            "NotIn" => format!("{key} notin ({})", vals.join(",")),
-            "Exists" => key.to_string(),
-            _ => format!("!{key}"),
-        });
-    }
-    or_none(parts.join(","))
+    or_none(path.iter().try_fold(v, |v, k| v.get(k)).map(crate::selector::format_selector).unwrap_or_default())
 }
 
 pub const NAME_AGE_COLS: &[Col] = &[
