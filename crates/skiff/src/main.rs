@@ -7,6 +7,11 @@ mod bench;
 mod cmd;
 mod inprocess;
 
+// glibc malloc's per-thread arenas cost ~20% of the API server's CPU on the create path (perf, see
+// BENCHMARKS.md); mimalloc's thread-local free lists are the usual fix.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(name = "skiff", version, about = "Kubernetes in one binary")]
 struct Cli {
