@@ -31,6 +31,18 @@ pub async fn ensure_builtin_objects(api: &Api) -> anyhow::Result<()> {
         create_if_missing(api, "namespaces", "", None, json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}})).await?;
     }
     api.cache.wait_fresh().await.map_err(|e| anyhow::anyhow!(e.message))?;
+    // Upstream's API server creates these two classes; critical add-ons name them.
+    for (name, value, desc) in [
+        ("system-node-critical", 2_000_001_000, "Used for system critical pods that must not be moved from their current node."),
+        (
+            "system-cluster-critical",
+            2_000_000_000,
+            "Used for system critical pods that must run in the cluster, but can be moved to another node if necessary.",
+        ),
+    ] {
+        let pc = json!({"apiVersion": "scheduling.k8s.io/v1", "kind": "PriorityClass", "metadata": {"name": name}, "value": value, "description": desc, "preemptionPolicy": "PreemptLowerPriority"});
+        create_if_missing(api, "priorityclasses", "scheduling.k8s.io", None, pc).await?;
+    }
     let ip = api.config.service_cidr.nth(1).to_string();
     create_if_missing(
         api,

@@ -67,8 +67,26 @@ impl Api {
         let cache = cache::WatchCache::start(store.clone(), registry.clone(), config.watch_cache_size)
             .await
             .map_err(|e| anyhow::anyhow!(e.message))?;
-        let env = strategy::Env { services: strategy::ServiceAllocator::new(config.service_cidr) };
+        let env = strategy::Env { services: strategy::ServiceAllocator::new(config.service_cidr), priority_classes: Default::default() };
         let api = Arc::new(Api { registry, store, cache, env, config, authn });
+        let weak = Arc::downgrade(&api);
+        api.env.priority_classes.set_source(Arc::new(move || {
+            let Some(api) = weak.upgrade() else { return Vec::new() };
+            let desc = api.registry.lookup("scheduling.k8s.io", "v1", "priorityclasses").expect("priorityclasses registered");
+            let (items, _) = api.cache.cache(desc).snapshot(desc.storage_prefix, 0);
+            items
+                .iter()
+                .map(|o| {
+                    let v = o.value();
+                    strategy::PriorityClassInfo {
+                        name: o.name.clone(),
+                        value: v.get("value").and_then(|x| x.as_i64()).unwrap_or(0) as i32,
+                        preemption_policy: v.get("preemptionPolicy").and_then(|x| x.as_str()).map(str::to_string),
+                        global_default: v.get("globalDefault").and_then(|x| x.as_bool()).unwrap_or(false),
+                    }
+                })
+                .collect()
+        }));
         let weak = Arc::downgrade(&api);
         api.env.services.set_source(Arc::new(move || {
             let Some(api) = weak.upgrade() else { return Vec::new() };

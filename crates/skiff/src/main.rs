@@ -23,6 +23,10 @@ struct Cli {
 enum Command {
     /// Run the control plane (API server + datastore; the agent comes later).
     Server(cmd::server::ServerArgs),
+    /// Run the scheduler on its own (leader-elected; the server embeds one by default).
+    Scheduler(cmd::scheduler::SchedulerArgs),
+    /// Run N simulated nodes against a cluster (register, heartbeat, "run" bound pods).
+    Sim(cmd::sim::SimArgs),
     /// Print the skiff and Kubernetes API versions.
     Version,
     /// Benchmarks with a same-run reference (build with --release).
@@ -47,6 +51,14 @@ fn main() -> anyhow::Result<()> {
         Command::Bench(cmd) => {
             let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
             rt.block_on(bench::run(cmd))
+        }
+        Command::Scheduler(args) => {
+            let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+            rt.block_on(cmd::scheduler::run(args))
+        }
+        Command::Sim(args) => {
+            let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+            rt.block_on(cmd::sim::run(args))
         }
         Command::Server(args) => {
             let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;

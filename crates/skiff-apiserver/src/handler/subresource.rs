@@ -106,7 +106,7 @@ pub async fn bind(api: &Arc<Api>, t: &Target, headers: &HeaderMap, params: &Para
     if node.is_empty() {
         return Err(ApiError::invalid("", "Binding", t.name(), &[FieldError::required("target.name", "")]));
     }
-    commit_update(api, t, WriteMode::Main, FieldValidation::Ignore, params.dry_run()?, |old| {
+    commit_update(api, t, WriteMode::Whole, FieldValidation::Ignore, params.dry_run()?, |old| {
         if old.get("metadata").and_then(|m| m.get("deletionTimestamp")).is_some() {
             return Err(ApiError::conflict("", "pods", t.name(), "pod is being deleted, cannot be assigned to a host"));
         }
@@ -120,6 +120,16 @@ pub async fn bind(api: &Arc<Api>, t: &Target, headers: &HeaderMap, params: &Para
         }
         let mut new = old.clone();
         new["spec"]["nodeName"] = json!(node);
+        // As upstream's binding storage: the binding's annotations land on the pod, and the pod is
+        // marked PodScheduled=True in the same write.
+        if let Some(anns) = binding.pointer("/metadata/annotations").and_then(Value::as_object) {
+            let meta = new["metadata"].as_object_mut().expect("stored objects have metadata");
+            let target = meta.entry("annotations").or_insert_with(|| json!({}));
+            if let Some(t) = target.as_object_mut() {
+                t.extend(anns.iter().map(|(k, v)| (k.clone(), v.clone())));
+            }
+        }
+        set_scheduled_condition(&mut new);
         if let Some(m) = new.get_mut("metadata").and_then(Value::as_object_mut) {
             m.remove("resourceVersion");
         }
@@ -127,6 +137,24 @@ pub async fn bind(api: &Arc<Api>, t: &Target, headers: &HeaderMap, params: &Para
     })
     .await?;
     Ok(json_value(StatusCode::CREATED, &success(201)))
+}
+
+fn set_scheduled_condition(pod: &mut Value) {
+    if !pod.get("status").is_some_and(Value::is_object) {
+        pod["status"] = json!({});
+    }
+    let status = pod["status"].as_object_mut().expect("just ensured");
+    let conds = status.entry("conditions").or_insert_with(|| json!([]));
+    if !conds.is_array() {
+        *conds = json!([]);
+    }
+    let list = conds.as_array_mut().expect("just ensured");
+    let now = jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%SZ").to_string();
+    match list.iter_mut().find(|c| c.get("type").and_then(Value::as_str) == Some("PodScheduled")) {
+        Some(c) if c.get("status").and_then(Value::as_str) == Some("True") => {}
+        Some(c) => *c = json!({"type": "PodScheduled", "status": "True", "lastTransitionTime": now}),
+        None => list.push(json!({"type": "PodScheduled", "status": "True", "lastTransitionTime": now})),
+    }
 }
 
 /// pods/eviction: deletes the pod with the eviction's DeleteOptions.

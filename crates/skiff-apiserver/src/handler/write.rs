@@ -29,6 +29,9 @@ pub enum WriteMode {
     Status,
     /// `namespaces/{n}/finalize`: only `spec.finalizers`.
     Finalize,
+    /// A server-side subresource that owns the whole write (pods/binding sets spec.nodeName and
+    /// the PodScheduled condition together, as upstream's binding storage does).
+    Whole,
 }
 
 impl WriteMode {
@@ -411,6 +414,7 @@ fn merge_system_fields(desc: &Descriptor, mode: WriteMode, old: &Value, new: &mu
                 None => meta_mut(new).remove("resourceVersion"),
             };
         }
+        WriteMode::Whole => {}
         WriteMode::Finalize => {
             let finalizers = new.get("spec").and_then(|s| s.get("finalizers")).cloned();
             let rv = meta_str(new, "resourceVersion").map(str::to_string);

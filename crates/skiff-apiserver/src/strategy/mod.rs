@@ -15,6 +15,33 @@ pub use service::ServiceAllocator;
 /// Shared state strategies may consult (allocators). One per API server.
 pub struct Env {
     pub services: ServiceAllocator,
+    /// PriorityClasses for the Priority admission step on pod creation.
+    pub priority_classes: PriorityClasses,
+}
+
+/// A PriorityClass as pod admission needs it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PriorityClassInfo {
+    pub name: String,
+    pub value: i32,
+    pub preemption_policy: Option<String>,
+    pub global_default: bool,
+}
+
+/// Read access to the stored PriorityClasses (wired to the watch cache once it exists).
+#[derive(Default)]
+pub struct PriorityClasses {
+    source: std::sync::OnceLock<std::sync::Arc<dyn Fn() -> Vec<PriorityClassInfo> + Send + Sync>>,
+}
+
+impl PriorityClasses {
+    pub fn set_source(&self, f: std::sync::Arc<dyn Fn() -> Vec<PriorityClassInfo> + Send + Sync>) {
+        let _ = self.source.set(f);
+    }
+
+    pub fn all(&self) -> Vec<PriorityClassInfo> {
+        self.source.get().map(|f| f()).unwrap_or_default()
+    }
 }
 
 /// Defaulting and validation for one type. Both hooks see the stored object on updates.

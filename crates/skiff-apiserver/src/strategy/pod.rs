@@ -7,18 +7,19 @@ use k8s_openapi::api::core::v1::{Container, Pod, PodSpec, PodStatus, Toleration}
 use serde_json::json;
 
 use super::meta::{NameRule, validate_name};
-use super::{Env, Strategy};
+use super::{Env, PriorityClassInfo, Strategy};
 use crate::codec::AdmitError;
-use crate::status::FieldError;
+use crate::status::{ApiError, FieldError};
 
 pub struct PodStrategy;
 
 impl Strategy<Pod> for PodStrategy {
-    fn default(&self, pod: &mut Pod, old: Option<&Pod>, _env: &Env) -> Result<(), AdmitError> {
+    fn default(&self, pod: &mut Pod, old: Option<&Pod>, env: &Env) -> Result<(), AdmitError> {
         let spec = pod.spec.get_or_insert_with(Default::default);
         match old {
             None => {
                 default_pod_spec(spec);
+                resolve_priority(spec, &env.priority_classes.all())?;
                 admission_defaults(spec);
                 pod.status =
                     Some(PodStatus { phase: Some("Pending".into()), qos_class: Some(qos_class(spec).into()), ..Default::default() });
@@ -105,6 +106,41 @@ fn default_container(c: &mut Container) {
     for p in c.ports.iter_mut().flatten() {
         p.protocol.get_or_insert_with(|| "TCP".into());
     }
+}
+
+/// Upstream's Priority admission plugin: the PriorityClass (named, else the global default) sets
+/// spec.priority and the default preemptionPolicy; a missing class is a 403, a hand-set priority
+/// that disagrees with the class is rejected.
+fn resolve_priority(spec: &mut PodSpec, classes: &[PriorityClassInfo]) -> Result<(), AdmitError> {
+    let class = match spec.priority_class_name.as_deref().filter(|n| !n.is_empty()) {
+        Some(name) => match classes.iter().find(|c| c.name == name) {
+            Some(c) => Some(c),
+            None => {
+                return Err(AdmitError::Api(ApiError::forbidden("", "pods", "", &format!("no PriorityClass with name {name} was found"))));
+            }
+        },
+        None => classes.iter().filter(|c| c.global_default).min_by_key(|c| c.value),
+    };
+    let Some(class) = class else { return Ok(()) };
+    if let Some(p) = spec.priority
+        && p != class.value
+    {
+        return Err(AdmitError::Api(ApiError::forbidden(
+            "",
+            "pods",
+            "",
+            &format!(
+                "the integer value of priority ({p}) must not be provided in pod spec; priority admission controller computed {} from the given PriorityClass name",
+                class.value
+            ),
+        )));
+    }
+    spec.priority_class_name = Some(class.name.clone());
+    spec.priority = Some(class.value);
+    if spec.preemption_policy.is_none() {
+        spec.preemption_policy = class.preemption_policy.clone();
+    }
+    Ok(())
 }
 
 /// What the ServiceAccount, Priority and DefaultTolerationSeconds admission plugins add on create.
@@ -234,7 +270,9 @@ mod tests {
     #[test]
     fn defaults_like_upstream() {
         let mut p = pod(json!([{"name": "c", "image": "busybox"}, {"name": "d", "image": "busybox:1.36"}]));
-        PodStrategy.default(&mut p, None, &crate::strategy::Env { services: Default::default() }).unwrap();
+        PodStrategy
+            .default(&mut p, None, &crate::strategy::Env { services: Default::default(), priority_classes: Default::default() })
+            .unwrap();
         let spec = p.spec.as_ref().unwrap();
         assert_eq!(spec.containers[0].image_pull_policy.as_deref(), Some("Always"));
         assert_eq!(spec.containers[1].image_pull_policy.as_deref(), Some("IfNotPresent"));
@@ -250,5 +288,24 @@ mod tests {
         let fields: Vec<_> = errs.iter().map(|e| e.field.as_str()).collect();
         assert!(fields.contains(&"spec.containers[0].image"));
         assert!(fields.contains(&"spec.containers[1].name"));
+    }
+
+    #[test]
+    fn priority_comes_from_the_class_or_the_global_default() {
+        let classes = vec![
+            PriorityClassInfo { name: "high".into(), value: 1000, preemption_policy: Some("Never".into()), global_default: false },
+            PriorityClassInfo { name: "normal".into(), value: 10, preemption_policy: None, global_default: true },
+        ];
+        let mut spec = PodSpec { priority_class_name: Some("high".into()), ..Default::default() };
+        resolve_priority(&mut spec, &classes).unwrap();
+        assert_eq!((spec.priority, spec.preemption_policy.as_deref()), (Some(1000), Some("Never")));
+        let mut spec = PodSpec::default();
+        resolve_priority(&mut spec, &classes).unwrap();
+        assert_eq!((spec.priority, spec.priority_class_name.as_deref()), (Some(10), Some("normal")));
+        let mut spec = PodSpec { priority_class_name: Some("missing".into()), ..Default::default() };
+        let Err(AdmitError::Api(e)) = resolve_priority(&mut spec, &classes) else { panic!("missing class accepted") };
+        assert!(e.message.contains("no PriorityClass with name missing was found"), "{}", e.message);
+        let mut spec = PodSpec { priority_class_name: Some("high".into()), priority: Some(5), ..Default::default() };
+        assert!(resolve_priority(&mut spec, &classes).is_err());
     }
 }

@@ -1,1 +1,3 @@
+pub mod scheduler;
 pub mod server;
+pub mod sim;

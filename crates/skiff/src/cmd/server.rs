@@ -42,6 +42,12 @@ pub struct ServerArgs {
     /// --default-watch-cache-size); older resumes get 410 Gone and relist.
     #[arg(long, default_value_t = skiff_apiserver::cache::DEFAULT_HISTORY)]
     pub watch_cache_size: usize,
+    /// Do not run the embedded scheduler (run `skiff scheduler` elsewhere, or none).
+    #[arg(long)]
+    pub disable_scheduler: bool,
+    /// Scheduler configuration file (KubeSchedulerConfiguration-like: profiles, weights).
+    #[arg(long)]
+    pub scheduler_config: Option<PathBuf>,
     /// Do not run the embedded node agent (accepted now; the agent is not built yet).
     #[arg(long)]
     pub disable_agent: bool,
@@ -61,6 +67,11 @@ fn cert_identity(certs: &[rustls::pki_types::CertificateDer<'static>]) -> Option
 
 pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     let started = Instant::now();
+    // Read before anything starts, so a bad file fails the start with its reason.
+    let scheduler_opts = match args.disable_scheduler {
+        true => None,
+        false => Some(crate::cmd::scheduler::options(args.scheduler_config.as_deref(), true)?),
+    };
     let service_cidr = Cidr::parse(&args.service_cidr).map_err(|e| anyhow::anyhow!("--service-cidr: {e}"))?;
     std::fs::create_dir_all(&args.data_dir).with_context(|| format!("creating data dir {}", args.data_dir.display()))?;
     let advertise = args.advertise_address.unwrap_or_else(|| {
@@ -108,6 +119,14 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     }
     let controllers_client = crate::inprocess::client(router.clone(), "system:kube-controller-manager", &["system:masters"]);
     tokio::spawn(skiff_controllers::run(controllers_client));
+    if let Some(opts) = scheduler_opts {
+        let client = crate::inprocess::client(router.clone(), "system:kube-scheduler", &[]);
+        tokio::spawn(async move {
+            if let Err(e) = skiff_scheduler::run(client, opts).await {
+                tracing::error!(error = %e, "scheduler stopped");
+            }
+        });
+    }
     if !args.disable_agent {
         tracing::warn!("the node agent is not built yet: running the control plane only");
     }

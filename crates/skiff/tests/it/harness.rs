@@ -31,8 +31,21 @@ impl Server {
         s
     }
 
+    /// Starts a server with extra flags (e.g. `--disable-scheduler`).
+    pub fn start_with(extra: &[&str]) -> Server {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().to_path_buf();
+        let mut s = Server::spawn(&dir, free_port(), extra);
+        s._tmp = Some(tmp);
+        s
+    }
+
     /// Starts (or restarts) a server on an existing data dir.
     pub fn start_in(dir: &Path, port: u16) -> Server {
+        Server::spawn(dir, port, &[])
+    }
+
+    fn spawn(dir: &Path, port: u16, extra: &[&str]) -> Server {
         let log = dir.join(format!("server-{}.log", rand_u64()));
         let kubeconfig = dir.join("kubeconfig.yaml");
         let _ = std::fs::remove_file(&kubeconfig);
@@ -40,6 +53,7 @@ impl Server {
             .args(["server", "--data-dir"])
             .arg(dir)
             .args(["--secure-port", &port.to_string(), "--bind-address", "127.0.0.1", "--disable-agent"])
+            .args(extra)
             .env("SKIFF_LOG", "info")
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())

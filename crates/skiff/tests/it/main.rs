@@ -6,4 +6,5 @@ mod crash;
 #[allow(dead_code)] // not every test uses every helper
 mod harness;
 mod kubectl;
+mod scheduler;
 mod watcher;

@@ -1,0 +1,1 @@
+//! skiff sim: simulated nodes for scale work (being built).
