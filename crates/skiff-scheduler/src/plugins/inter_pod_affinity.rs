@@ -21,13 +21,39 @@ pub struct InterPodAffinity;
 
 type Domain = (String, String);
 
+/// Counts per topology domain, keyed by topology key first so a node is checked with one lookup per
+/// key it might match, not one per domain in the cluster.
+#[derive(Default)]
+struct DomainCounts(HashMap<String, HashMap<String, i64>>);
+
+impl DomainCounts {
+    fn add(&mut self, (k, v): Domain, n: i64) {
+        *self.0.entry(k).or_default().entry(v).or_default() += n;
+    }
+    fn get(&self, (k, v): &Domain) -> i64 {
+        self.0.get(k).and_then(|m| m.get(v)).copied().unwrap_or(0)
+    }
+    fn is_empty(&self) -> bool {
+        self.0.values().all(|m| m.is_empty())
+    }
+    /// The sum over every key of the count of the node's own domain.
+    fn on_node(&self, node: &NodeInfo, positive_only: bool) -> i64 {
+        let labels = node.labels();
+        self.0
+            .iter()
+            .filter_map(|(k, m)| labels.get(k).and_then(|v| m.get(v)))
+            .map(|n| if positive_only { (*n > 0) as i64 } else { *n })
+            .sum()
+    }
+}
+
 #[derive(Default)]
 struct FilterState {
-    existing_anti: HashMap<Domain, i64>,
-    affinity: HashMap<Domain, i64>,
-    anti: HashMap<Domain, i64>,
+    existing_anti: DomainCounts,
+    affinity: DomainCounts,
+    anti: DomainCounts,
     /// Preferred-term score per domain, computed with the filter state (both need every pod).
-    scores: HashMap<Domain, i64>,
+    scores: DomainCounts,
 }
 
 fn required_affinity(p: &Pod) -> &[PodAffinityTerm] {
@@ -136,7 +162,7 @@ impl Plugin for InterPodAffinity {
                         if term_selects(t, ens, incoming)
                             && let Some(d) = domain(node, &t.topology_key)
                         {
-                            *st.existing_anti.entry(d).or_default() += 1;
+                            st.existing_anti.add(d, 1);
                         }
                     }
                     for (terms, sign) in [(preferred_affinity(ep), 1), (preferred_anti(ep), -1)] {
@@ -144,7 +170,7 @@ impl Plugin for InterPodAffinity {
                             if term_selects(&w.pod_affinity_term, ens, incoming)
                                 && let Some(d) = domain(node, &w.pod_affinity_term.topology_key)
                             {
-                                *st.scores.entry(d).or_default() += sign * w.weight as i64;
+                                st.scores.add(d, sign * w.weight as i64);
                             }
                         }
                     }
@@ -152,7 +178,7 @@ impl Plugin for InterPodAffinity {
                         if term_selects(t, ens, incoming)
                             && let Some(d) = domain(node, &t.topology_key)
                         {
-                            *st.scores.entry(d).or_default() += HARD_POD_AFFINITY_WEIGHT;
+                            st.scores.add(d, HARD_POD_AFFINITY_WEIGHT);
                         }
                     }
                 }
@@ -162,7 +188,7 @@ impl Plugin for InterPodAffinity {
                 if !req_aff.is_empty() && req_aff.iter().all(|t| term_selects(t, own_ns, ep)) {
                     for t in req_aff {
                         if let Some(d) = domain(node, &t.topology_key) {
-                            *st.affinity.entry(d).or_default() += 1;
+                            st.affinity.add(d, 1);
                         }
                     }
                 }
@@ -170,7 +196,7 @@ impl Plugin for InterPodAffinity {
                     if term_selects(t, own_ns, ep)
                         && let Some(d) = domain(node, &t.topology_key)
                     {
-                        *st.anti.entry(d).or_default() += 1;
+                        st.anti.add(d, 1);
                     }
                 }
                 for (terms, sign) in [(pref_aff, 1), (pref_anti, -1)] {
@@ -178,7 +204,7 @@ impl Plugin for InterPodAffinity {
                         if term_selects(&w.pod_affinity_term, own_ns, ep)
                             && let Some(d) = domain(node, &w.pod_affinity_term.topology_key)
                         {
-                            *st.scores.entry(d).or_default() += sign * w.weight as i64;
+                            st.scores.add(d, sign * w.weight as i64);
                         }
                     }
                 }
@@ -192,19 +218,17 @@ impl Plugin for InterPodAffinity {
         let Some(st) = state.read::<FilterState>(NAME) else { return Status::error(NAME, "PreFilter state missing") };
         let req_aff = required_affinity(&pod.pod);
         if !req_aff.is_empty() {
-            let satisfied =
-                req_aff.iter().all(|t| domain(node, &t.topology_key).is_some_and(|d| st.affinity.get(&d).copied().unwrap_or(0) > 0));
+            let satisfied = req_aff.iter().all(|t| domain(node, &t.topology_key).is_some_and(|d| st.affinity.get(&d) > 0));
             // The first pod of a group that selects itself may go anywhere, as upstream.
             let first_of_group = st.affinity.is_empty() && req_aff.iter().all(|t| term_selects(t, pod.namespace(), &pod.pod));
             if !satisfied && !first_of_group {
                 return Status::unresolvable(NAME, REASON_AFFINITY);
             }
         }
-        if required_anti(&pod.pod).iter().any(|t| domain(node, &t.topology_key).is_some_and(|d| st.anti.get(&d).copied().unwrap_or(0) > 0))
-        {
+        if required_anti(&pod.pod).iter().any(|t| domain(node, &t.topology_key).is_some_and(|d| st.anti.get(&d) > 0)) {
             return Status::unschedulable(NAME, REASON_ANTI_AFFINITY);
         }
-        if st.existing_anti.iter().any(|((k, v), n)| *n > 0 && node.labels().get(k) == Some(v)) {
+        if st.existing_anti.on_node(node, true) > 0 {
             return Status::unschedulable(NAME, REASON_EXISTING_ANTI_AFFINITY);
         }
         Status::success()
@@ -212,7 +236,7 @@ impl Plugin for InterPodAffinity {
 
     fn score(&self, state: &CycleState, _: &PodInfo, node: &NodeInfo) -> i64 {
         let Some(st) = state.read::<FilterState>(NAME) else { return 0 };
-        st.scores.iter().filter(|((k, v), _)| node.labels().get(k) == Some(v)).map(|(_, s)| *s).sum()
+        st.scores.on_node(node, false)
     }
 
     fn normalize(&self, _: &CycleState, scores: &mut [i64]) {

@@ -2,8 +2,7 @@
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -14,45 +13,8 @@ use http_body_util::BodyExt;
 use super::ApiArgs;
 use super::client::{Conn, Connector};
 use super::etcd::{self, Etcd};
+use super::server::{Server, free_port};
 use super::stats::{Samples, ms, rss_mib};
-
-fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
-
-struct Server {
-    child: Child,
-    dir: PathBuf,
-    port: u16,
-}
-
-impl Server {
-    fn start(dir: PathBuf) -> anyhow::Result<Server> {
-        let port = free_port()?;
-        std::fs::create_dir_all(&dir)?;
-        let child = Command::new(std::env::current_exe()?)
-            .args(["server", "--data-dir"])
-            .arg(&dir)
-            .args(["--secure-port", &port.to_string(), "--bind-address", "127.0.0.1", "--disable-agent"])
-            .env("SKIFF_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()?;
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while !dir.join("kubeconfig.yaml").exists() {
-            anyhow::ensure!(Instant::now() < deadline, "skiff server did not start");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Ok(Server { child, dir, port })
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 fn configmap(ns: &str, name: &str) -> Bytes {
     let body = serde_json::json!({
@@ -259,7 +221,7 @@ pub async fn run(args: ApiArgs) -> anyhow::Result<()> {
 }
 
 async fn run_in(args: &ApiArgs, tmp: &std::path::Path) -> anyhow::Result<()> {
-    let server = Server::start(tmp.join("skiff"))?;
+    let server = Server::start(tmp.join("skiff"), &[])?;
     let addr = format!("127.0.0.1:{}", server.port).parse()?;
     let conn = Connector::from_data_dir(&server.dir.join("tls"), addr)?;
     tokio::time::sleep(Duration::from_secs(2)).await;

@@ -6,6 +6,8 @@ use clap::{Args, Subcommand};
 mod api;
 mod client;
 mod etcd;
+mod scheduler;
+mod server;
 mod stats;
 
 #[derive(Subcommand, Debug)]
@@ -13,6 +15,9 @@ pub enum BenchCommand {
     /// API server: durable ConfigMap creates at 1/16/128 clients, p99 at a fixed rate, list and
     /// watch latency, RSS; the same writes against etcd 3.4 as the reference.
     Api(ApiArgs),
+    /// Scheduler: upstream scheduler_perf shapes (5,000 nodes, 10,000 pods) through the API,
+    /// against the bindings/s the API accepts with no scheduling work.
+    Scheduler(scheduler::SchedulerArgs),
 }
 
 #[derive(Args, Debug)]
@@ -37,5 +42,6 @@ pub struct ApiArgs {
 pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
     match cmd {
         BenchCommand::Api(args) => api::run(args).await,
+        BenchCommand::Scheduler(args) => scheduler::run(args).await,
     }
 }
