@@ -3,7 +3,6 @@
 //! reason strings so the FailedScheduling message reads the same as kube-scheduler's.
 
 use std::any::Any;
-use std::collections::HashMap;
 
 use crate::node_info::{NodeInfo, PodInfo};
 
@@ -45,17 +44,19 @@ impl Status {
 }
 
 /// Data a plugin computes once per cycle (PreFilter/PreScore) and reads per node.
+/// A handful of entries read once per node per plugin: a linear scan beats hashing here.
 #[derive(Default)]
 pub struct CycleState {
-    data: HashMap<&'static str, Box<dyn Any + Send + Sync>>,
+    data: Vec<(&'static str, Box<dyn Any + Send + Sync>)>,
 }
 
 impl CycleState {
     pub fn write<T: Any + Send + Sync>(&mut self, key: &'static str, v: T) {
-        self.data.insert(key, Box::new(v));
+        self.data.retain(|(k, _)| *k != key);
+        self.data.push((key, Box::new(v)));
     }
     pub fn read<T: Any>(&self, key: &'static str) -> Option<&T> {
-        self.data.get(key).and_then(|b| b.downcast_ref())
+        self.data.iter().find(|(k, _)| *k == key).and_then(|(_, b)| b.downcast_ref())
     }
 }
 

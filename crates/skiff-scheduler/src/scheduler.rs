@@ -98,8 +98,10 @@ pub async fn run(client: kube::Client, profiles: Vec<Profile>, identity: String)
                 let permit = binds.clone().acquire_owned().await?;
                 let (client, shared, reporter, queue) = (client.clone(), shared.clone(), reporter.clone(), queue.clone());
                 tokio::spawn(async move {
-                    let _permit = permit;
-                    match bind(&client, &pod, &node).await {
+                    let bound = bind(&client, &pod, &node).await;
+                    // The permit bounds binds only; reporting must not hold back the next bind.
+                    drop(permit);
+                    match bound {
                         Ok(()) => {
                             queue.done(&pod.key, Outcome::Scheduled);
                             reporter.scheduled(&pod, &node).await;

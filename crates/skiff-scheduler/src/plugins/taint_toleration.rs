@@ -56,9 +56,11 @@ impl Plugin for TaintToleration {
 
     fn score(&self, _: &CycleState, pod: &PodInfo, node: &NodeInfo) -> i64 {
         // Only tolerations that can apply to PreferNoSchedule count, as upstream.
-        let tols: Vec<&Toleration> =
-            tolerations(pod).iter().filter(|t| t.effect.as_deref().is_none_or(|e| e.is_empty() || e == "PreferNoSchedule")).collect();
-        node.taints().iter().filter(|taint| taint.effect == "PreferNoSchedule" && !tols.iter().any(|t| tolerates(t, taint))).count() as i64
+        let soft = |t: &&Toleration| t.effect.as_deref().is_none_or(|e| e.is_empty() || e == "PreferNoSchedule");
+        node.taints()
+            .iter()
+            .filter(|taint| taint.effect == "PreferNoSchedule" && !tolerations(pod).iter().filter(soft).any(|t| tolerates(t, taint)))
+            .count() as i64
     }
 
     fn normalize(&self, _: &CycleState, scores: &mut [i64]) {

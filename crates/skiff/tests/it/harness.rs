@@ -166,6 +166,41 @@ impl Server {
     }
 }
 
+/// Polls `f` every 100 ms until it returns a value, panicking after `timeout`.
+pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Another `skiff` process (scheduler, sim) against a test server, with its stderr in the server's
+/// data dir; killed by the PID we started when dropped, also when the test panics.
+pub struct SkiffProc(pub Child);
+
+impl SkiffProc {
+    pub fn start(s: &Server, args: &[&str], log: &str) -> SkiffProc {
+        let child = Command::new(env!("CARGO_BIN_EXE_skiff"))
+            .args(args)
+            .env("SKIFF_LOG", "info")
+            .stderr(std::fs::File::create(s.data_dir.join(log)).unwrap())
+            .spawn()
+            .expect("start skiff");
+        SkiffProc(child)
+    }
+}
+
+impl Drop for SkiffProc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// Drops terminal colour sequences (`ESC [ ... m`) that some kubectl commands print.
 pub fn strip_ansi(s: &str) -> String {
     let mut out = String::with_capacity(s.len());

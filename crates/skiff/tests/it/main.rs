@@ -7,4 +7,5 @@ mod crash;
 mod harness;
 mod kubectl;
 mod scheduler;
+mod sim;
 mod watcher;

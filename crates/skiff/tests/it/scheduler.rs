@@ -2,9 +2,9 @@
 //! tolerations, cordon/uncordon, upstream's FailedScheduling message, and bad input left alone.
 //! Nodes here are plain Node objects (the scheduler only reads the API), so the test needs no agent.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use crate::harness::{KUBECTL_133, Server};
+use crate::harness::{KUBECTL_133, Server, SkiffProc, wait_for};
 
 const KUBECTL: &str = "/usr/bin/kubectl";
 
@@ -21,17 +21,6 @@ fn pod_yaml(name: &str, spec_extra: &str, cpu: &str) -> String {
         "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\nspec:\n{spec_extra}  containers:\n  - name: c\n    image: busybox\n    \
          resources: {{requests: {{cpu: '{cpu}'}}}}\n"
     )
-}
-
-fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<String>) -> String {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 fn node_of(s: &Server, pod: &str) -> String {
@@ -118,28 +107,10 @@ fn scheduler_places_pods_as_upstream() {
     assert!(!leases.is_empty(), "the scheduler holds its Lease");
 }
 
-/// A `skiff scheduler` process we started; killed by its PID when dropped.
-struct SchedulerProc(std::process::Child);
-
-impl SchedulerProc {
-    fn start(s: &Server, log: &str) -> SchedulerProc {
-        let child = std::process::Command::new(env!("CARGO_BIN_EXE_skiff"))
-            .args(["scheduler", "--kubeconfig"])
-            .arg(&s.kubeconfig)
-            .args(["--leader-elect-lease-duration", "3s", "--leader-elect-renew-deadline", "2s", "--leader-elect-retry-period", "500ms"])
-            .env("SKIFF_LOG", "info")
-            .stderr(std::fs::File::create(s.data_dir.join(log)).unwrap())
-            .spawn()
-            .expect("start skiff scheduler");
-        SchedulerProc(child)
-    }
-}
-
-impl Drop for SchedulerProc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
+fn start_scheduler(s: &Server, log: &str) -> SkiffProc {
+    let kc = s.kubeconfig.to_string_lossy().into_owned();
+    let timing = ["--leader-elect-lease-duration", "3s", "--leader-elect-renew-deadline", "2s", "--leader-elect-retry-period", "500ms"];
+    SkiffProc::start(s, &[&["scheduler", "--kubeconfig", &kc][..], &timing].concat(), log)
 }
 
 fn holder(s: &Server) -> String {
@@ -153,12 +124,12 @@ fn a_second_scheduler_takes_over_the_lease_when_the_first_dies() {
     let out = s.kubectl_stdin(KUBECTL, &["create", "-f", "-"], Some(&node_yaml("n1", "", "")));
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 
-    let mut first = SchedulerProc::start(&s, "sched-a.log");
+    let mut first = start_scheduler(&s, "sched-a.log");
     let a = wait_for("the first scheduler to lead", Duration::from_secs(20), || Some(holder(&s)).filter(|h| !h.is_empty()));
     s.kubectl_stdin(KUBECTL, &["create", "-f", "-"], Some(&pod_yaml("p1", "", "100m")));
     assert_eq!(wait_bound(&s, "p1"), "n1");
 
-    let _second = SchedulerProc::start(&s, "sched-b.log");
+    let _second = start_scheduler(&s, "sched-b.log");
     std::thread::sleep(Duration::from_secs(2));
     assert_eq!(holder(&s), a, "the standby must not take a valid lease");
 
@@ -226,4 +197,39 @@ fn anti_affinity_and_topology_spread() {
         *per_node.entry(wait_bound(&s, &format!("spread-{i}"))).or_default() += 1;
     }
     assert_eq!(per_node.values().copied().collect::<Vec<_>>(), vec![2, 2, 2], "{per_node:?}");
+}
+
+#[test]
+fn a_high_priority_pod_preempts_a_low_priority_one_on_a_full_cluster() {
+    let s = Server::start();
+    s.ok(KUBECTL, &["create", "priorityclass", "high", "--value=1000"]);
+    let kc = s.kubeconfig.to_string_lossy().into_owned();
+    // Simulated nodes finish pod deletions, which preemption waits for.
+    let sim_args = ["sim", "--kubeconfig", &kc, "--nodes", "1", "--cpu", "1", "--memory", "4Gi", "--name-prefix", "full-"];
+    let _sim = SkiffProc::start(&s, &sim_args, "sim.log");
+    wait_for("the simulated node", Duration::from_secs(20), || {
+        let out = s.kubectl(KUBECTL, &["get", "node", "full-0", "-o", "jsonpath={.status.conditions[?(@.type==\"Ready\")].status}"]);
+        Some(()).filter(|_| String::from_utf8_lossy(&out.stdout) == "True").map(|_| String::new())
+    });
+    s.kubectl_stdin(KUBECTL, &["create", "-f", "-"], Some(&pod_yaml("low", "", "800m")));
+    assert_eq!(wait_bound(&s, "low"), "full-0");
+    let low_uid = s.ok(KUBECTL, &["get", "pod", "low", "-o", "jsonpath={.metadata.uid}"]);
+
+    s.kubectl_stdin(KUBECTL, &["create", "-f", "-"], Some(&pod_yaml("high", "  priorityClassName: high\n", "800m")));
+    assert_eq!(s.ok(KUBECTL, &["get", "pod", "high", "-o", "jsonpath={.spec.priority}"]), "1000");
+    assert_eq!(wait_bound(&s, "high"), "full-0");
+    let gone = s.kubectl(KUBECTL, &["get", "pod", "low"]);
+    assert!(!gone.status.success(), "the victim is deleted");
+    let high_uid = s.ok(KUBECTL, &["get", "pod", "high", "-o", "jsonpath={.metadata.uid}"]);
+    let sel = format!("involvedObject.uid={low_uid},reason=Preempted");
+    let msg = s.ok(KUBECTL, &["get", "events", "--field-selector", &sel, "-o", "jsonpath={.items[0].message}"]);
+    assert_eq!(msg, format!("Preempted by pod {high_uid} on node full-0"));
+
+    // A pod that may not preempt waits, with upstream's explanation.
+    let never = "  priorityClassName: high\n  preemptionPolicy: Never\n";
+    s.kubectl_stdin(KUBECTL, &["create", "-f", "-"], Some(&pod_yaml("polite", never, "800m")));
+    assert_eq!(
+        failed_scheduling(&s, "polite"),
+        "0/1 nodes are available: 1 Insufficient cpu. preemption: not eligible due to preemptionPolicy=Never."
+    );
 }
