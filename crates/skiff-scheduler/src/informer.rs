@@ -19,6 +19,9 @@ pub struct Shared {
     pub cache: Mutex<Cache>,
     pub queue: Arc<Queue>,
     pub scheduler_names: Vec<String>,
+    /// Pending pods naming a scheduler no profile here answers to, reported once per pod.
+    pub foreign: tokio::sync::mpsc::UnboundedSender<Arc<PodInfo>>,
+    pub foreign_seen: Mutex<HashSet<String>>,
 }
 
 fn is_terminal(pod: &Pod) -> bool {
@@ -58,14 +61,18 @@ impl Shared {
             return;
         }
         let ours = self.scheduler_names.iter().any(|n| n == scheduler_name(&pod));
-        if ours && pod.metadata.deletion_timestamp.is_none() && !is_terminal(&pod) {
+        let pending = pod.metadata.deletion_timestamp.is_none() && !is_terminal(&pod);
+        if ours && pending {
             self.queue.add_or_update(Arc::new(PodInfo::new(Arc::new(pod))));
+        } else if pending && self.foreign_seen.lock().expect("lock").insert(uid) {
+            let _ = self.foreign.send(Arc::new(PodInfo::new(Arc::new(pod))));
         } else {
             self.queue.delete(&key);
         }
     }
 
     fn delete_pod(&self, pod: &Pod) {
+        self.foreign_seen.lock().expect("lock").remove(pod.metadata.uid.as_deref().unwrap_or_default());
         let key = format!("{}/{}", pod.metadata.namespace.as_deref().unwrap_or_default(), pod.metadata.name.as_deref().unwrap_or_default());
         self.queue.delete(&key);
         self.cache.lock().expect("cache lock").remove_pod(pod.metadata.uid.as_deref().unwrap_or_default());

@@ -3,7 +3,7 @@
 //! until a cluster event may have changed that, or for at most 5 minutes).
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::{BinaryHeap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -42,7 +42,16 @@ struct Inner {
     backoff: BinaryHeap<(Reverse<Instant>, u64, String)>,
     next_seq: u64,
     closed: bool,
+    /// Keys parked in Unschedulable and keys in flight: cluster events touch only these, so a
+    /// move costs O(parked), not O(queue).
+    parked: HashSet<String>,
+    flying: HashSet<String>,
+    /// When parked pods were last checked for exceeding MAX_UNSCHEDULABLE (a full scan, so it runs
+    /// periodically, as upstream's flush loop, not on every pop).
+    last_flush: Option<Instant>,
 }
+
+const FLUSH_EVERY: Duration = Duration::from_secs(30);
 
 /// How an attempt ended.
 #[derive(Debug, PartialEq, Eq)]
@@ -64,21 +73,51 @@ fn backoff_for(attempts: u32) -> Duration {
 }
 
 impl Inner {
+    /// Moves `key` to `at`, keeping the parked/flying indexes in step.
+    fn set_at(&mut self, key: &str, at: Where) {
+        let Some(item) = self.items.get_mut(key) else { return };
+        match item.at {
+            Where::Unschedulable(_) => {
+                self.parked.remove(key);
+            }
+            Where::InFlight { .. } => {
+                self.flying.remove(key);
+            }
+            _ => {}
+        }
+        item.at = at;
+        match at {
+            Where::Unschedulable(_) => {
+                self.parked.insert(key.to_string());
+            }
+            Where::InFlight { .. } => {
+                self.flying.insert(key.to_string());
+            }
+            _ => {}
+        }
+    }
+
+    fn remove(&mut self, key: &str) {
+        self.items.remove(key);
+        self.parked.remove(key);
+        self.flying.remove(key);
+    }
+
     fn push_active(&mut self, key: &str) {
         self.next_seq += 1;
         let seq = self.next_seq;
         let item = self.items.get_mut(key).expect("caller inserted");
         item.seq = seq;
-        item.at = Where::Active;
-        self.active.push((item.pod.priority, Reverse(seq), key.to_string()));
+        let priority = item.pod.priority;
+        self.set_at(key, Where::Active);
+        self.active.push((priority, Reverse(seq), key.to_string()));
     }
 
     fn push_backoff(&mut self, key: &str, until: Instant) {
         self.next_seq += 1;
         let seq = self.next_seq;
-        let item = self.items.get_mut(key).expect("caller inserted");
-        item.seq = seq;
-        item.at = Where::Backoff(until);
+        self.items.get_mut(key).expect("caller inserted").seq = seq;
+        self.set_at(key, Where::Backoff(until));
         self.backoff.push((Reverse(until), seq, key.to_string()));
     }
 
@@ -124,7 +163,7 @@ impl Queue {
                 item.pod = pod;
                 match item.at {
                     Where::Unschedulable(_) => g.requeue(&key, Instant::now()),
-                    Where::InFlight { .. } => item.at = Where::InFlight { moved: true },
+                    Where::InFlight { .. } => g.set_at(&key, Where::InFlight { moved: true }),
                     Where::Active => g.push_active(&key), // priority may have changed
                     Where::Backoff(_) => {}
                 }
@@ -136,25 +175,18 @@ impl Queue {
 
     /// The pod was bound elsewhere or deleted.
     pub fn delete(&self, key: &str) {
-        self.inner.lock().expect("queue lock").items.remove(key);
+        self.inner.lock().expect("queue lock").remove(key);
     }
 
     /// A cluster event (node added or changed, pod deleted) that may make parked pods fit.
     pub fn move_all_unschedulable(&self) {
         let mut g = self.inner.lock().expect("queue lock");
         let now = Instant::now();
-        let keys: Vec<String> = g
-            .items
-            .iter_mut()
-            .filter_map(|(k, i)| match i.at {
-                Where::Unschedulable(_) => Some(k.clone()),
-                Where::InFlight { .. } => {
-                    i.at = Where::InFlight { moved: true };
-                    None
-                }
-                _ => None,
-            })
-            .collect();
+        let flying: Vec<String> = g.flying.iter().cloned().collect();
+        for k in flying {
+            g.set_at(&k, Where::InFlight { moved: true });
+        }
+        let keys: Vec<String> = g.parked.iter().cloned().collect();
         for k in &keys {
             g.requeue(k, now);
         }
@@ -168,17 +200,13 @@ impl Queue {
     pub fn done(&self, key: &str, outcome: Outcome) {
         let mut g = self.inner.lock().expect("queue lock");
         let now = Instant::now();
-        let Some(item) = g.items.get_mut(key) else { return };
+        let Some(item) = g.items.get(key) else { return };
         let moved = matches!(item.at, Where::InFlight { moved: true });
+        let attempts = item.attempts;
         match outcome {
-            Outcome::Scheduled => {
-                g.items.remove(key);
-            }
-            Outcome::Unschedulable if !moved => item.at = Where::Unschedulable(now),
-            Outcome::Unschedulable | Outcome::Error => {
-                let until = now + backoff_for(item.attempts);
-                g.push_backoff(key, until);
-            }
+            Outcome::Scheduled => g.remove(key),
+            Outcome::Unschedulable if !moved => g.set_at(key, Where::Unschedulable(now)),
+            Outcome::Unschedulable | Outcome::Error => g.push_backoff(key, now + backoff_for(attempts)),
         }
     }
 
@@ -193,23 +221,31 @@ impl Queue {
                 let now = Instant::now();
                 g.flush_backoff(now);
                 // Parked too long: retry anyway (upstream's podMaxInUnschedulablePodsDuration).
-                let stale: Vec<String> = g
-                    .items
-                    .iter()
-                    .filter(|(_, i)| matches!(i.at, Where::Unschedulable(since) if now.duration_since(since) > MAX_UNSCHEDULABLE))
-                    .map(|(k, _)| k.clone())
-                    .collect();
-                for k in stale {
-                    g.push_active(&k);
+                if g.last_flush.is_none_or(|t| now.duration_since(t) >= FLUSH_EVERY) {
+                    g.last_flush = Some(now);
+                    let stale: Vec<String> = g
+                        .parked
+                        .iter()
+                        .filter(|k| {
+                            g.items.get(*k).is_some_and(
+                                |i| matches!(i.at, Where::Unschedulable(since) if now.duration_since(since) > MAX_UNSCHEDULABLE),
+                            )
+                        })
+                        .cloned()
+                        .collect();
+                    for k in stale {
+                        g.push_active(&k);
+                    }
                 }
                 while let Some((_, Reverse(seq), key)) = g.active.pop() {
                     if let Some(item) = g.items.get_mut(&key)
                         && item.seq == seq
                         && item.at == Where::Active
                     {
-                        item.at = Where::InFlight { moved: false };
                         item.attempts += 1;
-                        return Some((item.pod.clone(), item.attempts));
+                        let out = (item.pod.clone(), item.attempts);
+                        g.set_at(&key, Where::InFlight { moved: false });
+                        return Some(out);
                     }
                 }
                 let next_backoff = g.backoff.peek().map(|(Reverse(t), _, _)| t.saturating_duration_since(now));

@@ -69,6 +69,20 @@ impl Reporter {
         }
     }
 
+    /// A pod waits for a scheduler this process has no profile for. Upstream stays silent (another
+    /// scheduler may own the name); one Warning per pod tells the user why nothing happens.
+    pub async fn no_profile(&self, pod: &PodInfo, profiles: &[String]) {
+        let name = pod.pod.spec.as_ref().and_then(|s| s.scheduler_name.as_deref()).unwrap_or_default();
+        let msg = format!(
+            "no scheduler profile named {name:?} (this scheduler serves: {}); the pod waits for a scheduler with that name",
+            profiles.join(", ")
+        );
+        let ev = self.event(pod, "Warning", "UnknownSchedulerName", "Scheduling", &msg);
+        if let Err(e) = Api::<Event>::namespaced(self.client.clone(), pod.namespace()).create(&PostParams::default(), &ev).await {
+            tracing::debug!(pod = %pod.key, error = %e, "recording UnknownSchedulerName event");
+        }
+    }
+
     /// The `Preempted` event upstream writes on each victim.
     pub async fn preempted(&self, victim: &PodInfo, preemptor_uid: &str, node: &str) {
         let ev = self.event(victim, "Normal", "Preempted", "Preempting", &format!("Preempted by pod {preemptor_uid} on node {node}"));

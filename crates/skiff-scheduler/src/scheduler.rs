@@ -46,11 +46,15 @@ pub async fn bind(client: &kube::Client, pod: &PodInfo, node: &str) -> Result<()
 /// Schedules until the watches end (or the future is dropped, e.g. on losing leadership).
 pub async fn run(client: kube::Client, profiles: Vec<Profile>, identity: String) -> anyhow::Result<()> {
     let queue = Queue::new();
+    let (foreign_tx, mut foreign_rx) = tokio::sync::mpsc::unbounded_channel();
     let shared = Arc::new(Shared {
         cache: std::sync::Mutex::new(Cache::default()),
         queue: queue.clone(),
         scheduler_names: profiles.iter().map(|p| p.scheduler_name.clone()).collect(),
+        foreign: foreign_tx,
+        foreign_seen: Default::default(),
     });
+    let reporter = Arc::new(Reporter::new(client.clone(), &identity));
     let (pods_synced_tx, mut pods_synced) = watch::channel(false);
     let (nodes_synced_tx, mut nodes_synced) = watch::channel(false);
     let pods_task = tokio::spawn(informer::pods(client.clone(), shared.clone(), pods_synced_tx));
@@ -61,7 +65,14 @@ pub async fn run(client: kube::Client, profiles: Vec<Profile>, identity: String)
     nodes_synced.wait_for(|s| *s).await?;
     tracing::info!(profiles = ?shared.scheduler_names, "scheduler caches synced; scheduling");
 
-    let reporter = Arc::new(Reporter::new(client.clone(), &identity));
+    let names = shared.scheduler_names.clone();
+    let foreign_reporter = reporter.clone();
+    let foreign_task = tokio::spawn(async move {
+        while let Some(pod) = foreign_rx.recv().await {
+            foreign_reporter.no_profile(&pod, &names).await;
+        }
+    });
+    let _foreign_guard = AbortOnDrop(vec![foreign_task.abort_handle()]);
     let binds = Arc::new(Semaphore::new(MAX_BINDS_IN_FLIGHT));
     let next_start = AtomicUsize::new(0);
     while let Some((pod, _attempts)) = queue.pop().await {

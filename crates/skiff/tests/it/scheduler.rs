@@ -103,6 +103,17 @@ fn scheduler_places_pods_as_upstream() {
     s.kubectl_stdin(KUBECTL, &["create", "-f", "-"], Some(&pod_yaml("after-bad", "", "100m")));
     assert!(!wait_bound(&s, "after-bad").is_empty());
 
+    // Bad input: a scheduler name nobody serves is left alone, with one event saying why.
+    s.kubectl_stdin(KUBECTL, &["create", "-f", "-"], Some(&pod_yaml("orphan", "  schedulerName: no-such-scheduler\n", "100m")));
+    let sel = "involvedObject.name=orphan,reason=UnknownSchedulerName";
+    let msg = wait_for("the UnknownSchedulerName event", Duration::from_secs(20), || {
+        let list: serde_json::Value =
+            serde_json::from_str(&s.ok(KUBECTL, &["get", "events", "--field-selector", sel, "-o", "json"])).ok()?;
+        list["items"].as_array()?.first()?["message"].as_str().map(str::to_string)
+    });
+    assert!(msg.contains("\"no-such-scheduler\"") && msg.contains("default-scheduler"), "{msg}");
+    assert_eq!(node_of(&s, "orphan"), "");
+
     let leases = s.ok(KUBECTL, &["get", "lease", "-n", "kube-system", "kube-scheduler", "-o", "jsonpath={.spec.holderIdentity}"]);
     assert!(!leases.is_empty(), "the scheduler holds its Lease");
 }
