@@ -6,7 +6,8 @@ use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 
 use futures::TryStreamExt;
-use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::api::core::v1::{Node, Pod, PodSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::Api;
 use kube::runtime::watcher::{self, Event};
 use tokio::sync::watch;
@@ -36,12 +37,27 @@ fn scheduler_name(pod: &Pod) -> &str {
     pod.spec.as_ref().and_then(|s| s.scheduler_name.as_deref()).filter(|n| !n.is_empty()).unwrap_or(crate::config::DEFAULT_SCHEDULER)
 }
 
-/// Assigned pods are kept for their requests, ports and labels only; status and annotations go.
-fn slim(mut pod: Pod) -> Pod {
-    pod.status = None;
-    pod.metadata.annotations = None;
-    pod.metadata.managed_fields = None;
-    pod
+/// Assigned pods are kept for what other pods' cycles read: identity, labels, priority, deletion,
+/// and affinity terms (requests and ports are already computed into the PodInfo). Everything else
+/// goes, so 100,000 placed pods cost a few hundred bytes each, not a whole PodSpec.
+fn slim(info: PodInfo) -> PodInfo {
+    let p = &info.pod;
+    let meta = ObjectMeta {
+        name: p.metadata.name.clone(),
+        namespace: p.metadata.namespace.clone(),
+        uid: p.metadata.uid.clone(),
+        labels: p.metadata.labels.clone(),
+        deletion_timestamp: p.metadata.deletion_timestamp.clone(),
+        ..Default::default()
+    };
+    let spec = p.spec.as_ref().map(|s| PodSpec {
+        affinity: s.affinity.clone(),
+        priority: s.priority,
+        node_name: s.node_name.clone(),
+        containers: Vec::new(),
+        ..Default::default()
+    });
+    PodInfo { pod: Arc::new(Pod { metadata: meta, spec, status: None }), ..info }
 }
 
 impl Shared {
@@ -56,7 +72,7 @@ impl Shared {
                 drop(cache);
                 self.queue.move_all_unschedulable();
             } else {
-                cache.add_assigned(Arc::new(PodInfo::new(Arc::new(slim(pod)))), &node);
+                cache.add_assigned(Arc::new(slim(PodInfo::new(Arc::new(pod)))), &node);
             }
             return;
         }
