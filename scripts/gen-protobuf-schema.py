@@ -33,6 +33,7 @@ def crate_dir(name):
 ATTR = re.compile(r"#\[prost\((.*)\)\]")
 FIELD = re.compile(r"pub (r#)?(\w+): (.+),$")
 STRUCT = re.compile(r"pub struct (\w+) \{")
+MARKER = re.compile(r"/// \+(patchStrategy|patchMergeKey|listType|listMapKey)=(\S+)$")
 
 
 def module_of(path, root):
@@ -69,8 +70,19 @@ def parse_pb(root):
         current = None
         attr = None
         pending = None
+        markers = {}
         for line in open(path, encoding="utf-8"):
             line = line.strip()
+            # Go struct-tag markers survive in the doc comments: +patchStrategy, +patchMergeKey,
+            # +listType, +listMapKey. They carry the strategic-merge and list semantics.
+            m = MARKER.match(line)
+            if m:
+                key, value = m.group(1), m.group(2)
+                if key == "listMapKey":
+                    markers.setdefault(key, []).append(value)
+                else:
+                    markers[key] = value
+                continue
             # rustfmt wraps long field types onto the following line(s).
             if pending is not None:
                 pending += " " + line
@@ -85,6 +97,7 @@ def parse_pb(root):
                 current = ".".join(module + [m.group(1)])
                 messages[current] = []
                 attr = None
+                markers = {}
                 continue
             if current is None:
                 continue
@@ -102,6 +115,9 @@ def parse_pb(root):
                 kind = attr.split(",")[0].split("=")[0].strip()
                 repeated = ", repeated" in attr
                 entry = {"tag": tag, "rust": name, "kind": kind, "repeated": repeated}
+                if markers:
+                    entry["markers"] = markers
+                markers = {}
                 if kind == "message":
                     entry["type"] = resolve(module, ty)
                 elif kind == "btree_map":
@@ -141,6 +157,7 @@ def main():
     pb = parse_pb(os.path.join(crate_dir(K8S_PB), "src"))
     oa_root = crate_dir(K8S_OPENAPI)
     out = {}
+    fieldmeta = {}
     unmatched = 0
     for msg, fields in sorted(pb.items()):
         names = openapi_json_names(oa_root, msg)
@@ -163,10 +180,22 @@ def main():
             if f["kind"] == "map":
                 e[2] = "map:" + f["value"]
             entries.append(e)
+            mk = f.get("markers")
+            if mk:
+                meta = {}
+                if "patchStrategy" in mk:
+                    meta["strategy"] = mk["patchStrategy"]
+                if "patchMergeKey" in mk:
+                    meta["mergeKey"] = mk["patchMergeKey"]
+                if "listType" in mk:
+                    meta["listType"] = mk["listType"]
+                if "listMapKey" in mk:
+                    meta["listMapKeys"] = mk["listMapKey"]
+                fieldmeta.setdefault(msg, {})[js] = meta
         out[msg] = entries
     dest = os.path.join(os.path.dirname(__file__), "..", "crates", "skiff-apiserver", "src", "protobuf", "schema.json")
     with open(dest, "w", encoding="utf-8") as fh:
-        json.dump({"source": f"{K8S_PB} + {K8S_OPENAPI} ({API_LEVEL})", "messages": out}, fh, separators=(",", ":"), sort_keys=True)
+        json.dump({"source": f"{K8S_PB} + {K8S_OPENAPI} ({API_LEVEL})", "messages": out, "fieldmeta": fieldmeta}, fh, separators=(",", ":"), sort_keys=True)
         fh.write("\n")
     print(f"{len(out)} messages, {unmatched} non-embedded field names not in k8s-openapi (camelCased) -> {os.path.normpath(dest)}")
 

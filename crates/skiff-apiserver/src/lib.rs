@@ -22,6 +22,7 @@ pub mod discovery;
 pub mod handler;
 pub mod openapi;
 pub mod openapi_v2;
+pub mod patch;
 pub mod protobuf;
 pub mod registry;
 pub mod selector;

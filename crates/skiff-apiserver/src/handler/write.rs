@@ -14,8 +14,9 @@ use skiff_store::{Compare, Op, RangeRequest, Revision, Txn};
 
 use super::{Params, Target, json_value, with_warnings};
 use crate::Api;
-use crate::body::{content_type, decode_json, decode_object};
+use crate::body::{content_type, decode_object};
 use crate::codec::AdmitError;
+pub use crate::patch::Patcher;
 use crate::registry::{Descriptor, Subresource};
 use crate::status::{ApiError, ApiResult, FieldError};
 use crate::strategy::meta::{validate_labels_annotations, validate_name};
@@ -486,49 +487,4 @@ pub async fn patch(api: &Arc<Api>, t: &Target, headers: &HeaderMap, params: &Par
     let patcher = Patcher::new(&ct, &body)?;
     let (outcome, warnings) = commit_update(api, t, mode, fv, params.dry_run()?, |old| patcher.apply(old)).await?;
     Ok(respond(outcome, &warnings))
-}
-
-/// A decoded patch document.
-pub enum Patcher {
-    Merge(Value),
-    Json(json_patch::Patch),
-}
-
-impl Patcher {
-    pub fn new(content_type: &str, body: &[u8]) -> ApiResult<Patcher> {
-        match content_type {
-            "application/merge-patch+json" => Ok(Patcher::Merge(decode_json(body)?)),
-            "application/json-patch+json" => {
-                let p: json_patch::Patch =
-                    serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("error decoding JSON patch: {e}")))?;
-                Ok(Patcher::Json(p))
-            }
-            "application/strategic-merge-patch+json" | "application/apply-patch+yaml" | "application/apply-patch+cbor" => {
-                Err(ApiError::new(
-                    415,
-                    "UnsupportedMediaType",
-                    format!("the server does not support {content_type} patches yet; use --type=merge or --type=json"),
-                ))
-            }
-            other => Err(ApiError::unsupported_media_type(other)),
-        }
-    }
-
-    pub fn apply(&self, old: &Value) -> ApiResult<Value> {
-        let mut v = old.clone();
-        // A patch's resourceVersion is a precondition only when the patch itself sets one.
-        if let Some(m) = v.get_mut("metadata").and_then(Value::as_object_mut) {
-            m.remove("resourceVersion");
-        }
-        match self {
-            Patcher::Merge(p) => json_patch::merge(&mut v, p),
-            Patcher::Json(p) => json_patch::patch(&mut v, p).map_err(|e| {
-                ApiError::new(422, "Invalid", format!("the server rejected our request due to an error in our request: {e}"))
-            })?,
-        }
-        if !v.is_object() {
-            return Err(ApiError::bad_request("the patch produced something that is not an object"));
-        }
-        Ok(v)
-    }
 }

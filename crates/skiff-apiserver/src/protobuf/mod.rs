@@ -16,6 +16,8 @@ use prost::encoding::{WireType, decode_key, decode_varint};
 use serde_json::{Map, Value, json};
 
 const MAGIC: &[u8] = b"k8s\0";
+/// The generated wire schema; `crate::patch::schema` reads its `fieldmeta` section too.
+pub(crate) const SCHEMA_JSON: &str = include_str!("schema.json");
 /// Go's zero `time.Time` as Unix seconds: what upstream writes for an unset non-pointer Time.
 const GO_ZERO_TIME: i64 = -62_135_596_800;
 const MAX_DEPTH: usize = 64;
@@ -47,7 +49,7 @@ type Schema = HashMap<String, HashMap<u32, Field>>;
 fn schema() -> &'static Schema {
     static SCHEMA: OnceLock<Schema> = OnceLock::new();
     SCHEMA.get_or_init(|| {
-        let raw: Value = serde_json::from_str(include_str!("schema.json")).expect("embedded schema is valid JSON");
+        let raw: Value = serde_json::from_str(SCHEMA_JSON).expect("embedded schema is valid JSON");
         let mut out = Schema::new();
         for (msg, fields) in raw["messages"].as_object().into_iter().flatten() {
             let mut by_tag = HashMap::new();
@@ -79,8 +81,8 @@ fn schema() -> &'static Schema {
     })
 }
 
-/// The k8s-pb module path of a group/version's messages.
-fn message_name(api_version: &str, kind: &str) -> String {
+/// The k8s-pb message name of a kind in a group/version, e.g. `api.apps.v1.Deployment`.
+pub(crate) fn message_name(api_version: &str, kind: &str) -> String {
     let (group, version) = api_version.rsplit_once('/').unwrap_or(("", api_version));
     let module = match group {
         "" => "api.core".to_string(),

@@ -1,6 +1,7 @@
 //! End-to-end tests: the real skiff binary driven by the real kubectl and kube-rs.
 //! One test binary (modules below) so the suite links once.
 
+mod apply;
 mod badinput;
 mod crash;
 #[allow(dead_code)] // not every test uses every helper

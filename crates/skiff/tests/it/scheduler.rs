@@ -83,15 +83,13 @@ fn scheduler_places_pods_as_upstream() {
     assert_eq!(wait_bound(&s, "gpu"), "n2");
 
     // Cordon stops placements on n3; uncordon resumes them.
-    // What `kubectl cordon` sends, as a merge patch: cordon itself uses a strategic merge patch,
-    // which the API server does not speak yet (kubectl-compatibility issue).
-    s.ok(KUBECTL, &["patch", "node", "n3", "--type=merge", "-p", r#"{"spec":{"unschedulable":true}}"#]);
+    assert_eq!(s.ok(KUBECTL, &["cordon", "n3"]).trim(), "node/n3 cordoned");
     assert_eq!(s.ok(KUBECTL, &["get", "node", "n3", "-o", "jsonpath={.spec.unschedulable}"]), "true");
     s.kubectl_stdin(KUBECTL, &["create", "-f", "-"], Some(&pod_yaml("on-n3", "  nodeSelector: {kubernetes.io/hostname: n3}\n", "100m")));
     let msg = failed_scheduling(&s, "on-n3");
     assert!(msg.contains("1 node(s) were unschedulable"), "{msg}");
     assert_eq!(node_of(&s, "on-n3"), "");
-    s.ok(KUBECTL, &["patch", "node", "n3", "--type=merge", "-p", r#"{"spec":{"unschedulable":null}}"#]);
+    assert_eq!(s.ok(KUBECTL, &["uncordon", "n3"]).trim(), "node/n3 uncordoned");
     assert_eq!(wait_bound(&s, "on-n3"), "n3");
 
     // Bad input: an invalid affinity operator is reported, and the scheduler keeps working.
