@@ -39,7 +39,7 @@ pub fn decode_json(body: &[u8]) -> Result<Value, ApiError> {
     Ok(v)
 }
 
-fn decode_yaml(body: &[u8]) -> Result<Value, ApiError> {
+pub fn decode_yaml(body: &[u8]) -> Result<Value, ApiError> {
     let text = std::str::from_utf8(body).map_err(|_| ApiError::bad_request("error decoding YAML: body is not UTF-8"))?;
     let v: Value = serde_saphyr::from_str(text).map_err(|e| ApiError::bad_request(format!("error converting YAML to JSON: {e}")))?;
     if !v.is_object() {

@@ -19,6 +19,7 @@ pub mod body;
 pub mod cache;
 pub mod codec;
 pub mod discovery;
+pub mod fields;
 pub mod handler;
 pub mod openapi;
 pub mod openapi_v2;

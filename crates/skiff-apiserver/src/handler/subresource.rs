@@ -50,7 +50,8 @@ pub async fn update_scale(
 ) -> ApiResult<Response> {
     let patcher = if is_patch { Some(Patcher::new(&content_type(headers), &body)?) } else { None };
     let put_body = if is_patch { None } else { Some(decode_object(headers, &body)?) };
-    let (outcome, _) = commit_update(api, t, WriteMode::Main, FieldValidation::Ignore, params.dry_run()?, |old| {
+    let m = super::write::manager(headers, params, WriteMode::Main, Some("scale"));
+    let (outcome, _) = commit_update(api, t, WriteMode::Main, FieldValidation::Ignore, params.dry_run()?, Some(&m), |old| {
         let current = scale_of(old);
         let scale = match (&patcher, &put_body) {
             (Some(p), _) => {
@@ -106,7 +107,7 @@ pub async fn bind(api: &Arc<Api>, t: &Target, headers: &HeaderMap, params: &Para
     if node.is_empty() {
         return Err(ApiError::invalid("", "Binding", t.name(), &[FieldError::required("target.name", "")]));
     }
-    commit_update(api, t, WriteMode::Whole, FieldValidation::Ignore, params.dry_run()?, |old| {
+    commit_update(api, t, WriteMode::Whole, FieldValidation::Ignore, params.dry_run()?, None, |old| {
         if old.get("metadata").and_then(|m| m.get("deletionTimestamp")).is_some() {
             return Err(ApiError::conflict("", "pods", t.name(), "pod is being deleted, cannot be assigned to a host"));
         }

@@ -14,9 +14,13 @@ use skiff_store::{Compare, Op, RangeRequest, Revision, Txn};
 
 use super::{Params, Target, json_value, with_warnings};
 use crate::Api;
-use crate::body::{content_type, decode_object};
+use crate::body::{content_type, decode_object, decode_yaml};
 use crate::codec::AdmitError;
+use crate::fields::apply::{ApplyRequest, apply_create};
+use crate::fields::managed::{track_create, track_update};
+use crate::fields::{Manager, Scope};
 pub use crate::patch::Patcher;
+use crate::patch::schema;
 use crate::registry::{Descriptor, Subresource};
 use crate::status::{ApiError, ApiResult, FieldError};
 use crate::strategy::meta::{validate_labels_annotations, validate_name};
@@ -42,6 +46,23 @@ impl WriteMode {
             Some(Subresource::Finalize) => WriteMode::Finalize,
             _ => WriteMode::Main,
         }
+    }
+}
+
+/// The writer recorded in managedFields for a client request.
+pub fn manager(headers: &HeaderMap, params: &Params, mode: WriteMode, sub: Option<&'static str>) -> Manager {
+    let ua = headers.get(axum::http::header::USER_AGENT).and_then(|v| v.to_str().ok());
+    let sub = sub.or(match mode {
+        WriteMode::Status => Some("status"),
+        _ => None,
+    });
+    Manager::from_request(params.get("fieldManager"), ua, sub)
+}
+
+fn scope(desc: &Descriptor, mode: WriteMode) -> Scope {
+    match mode {
+        WriteMode::Status => Scope::Status,
+        _ => Scope::Main { status_is_separate: desc.has(Subresource::Status) },
     }
 }
 
@@ -183,7 +204,11 @@ pub async fn create(api: &Arc<Api>, t: &Target, headers: &HeaderMap, params: &Pa
     let mut obj = decode_object(headers, &body)?;
     let fv = FieldValidation::parse(params)?;
     let dry_run = params.dry_run()?;
-    let (obj, warnings) = prepare_create(api, &t.desc, t.namespace.as_deref(), &mut obj, fv).await?;
+    let (mut obj, warnings) = prepare_create(api, &t.desc, t.namespace.as_deref(), &mut obj, fv).await?;
+    if let Some(ty) = schema::root(&t.desc.api_version(), t.desc.kind) {
+        let m = manager(headers, params, WriteMode::Main, None);
+        track_create(&mut obj, ty, &m, &t.desc.api_version(), scope(&t.desc, WriteMode::Main));
+    }
     let name = meta_str(&obj, "name").unwrap_or_default().to_string();
     if dry_run {
         return Ok(with_warnings(json_value(StatusCode::CREATED, &obj), &warnings));
@@ -301,12 +326,14 @@ pub enum Outcome {
 
 /// The guaranteed-update loop: read, mutate, admit, compare-and-swap; retried on conflicts unless the
 /// client pinned a resourceVersion.
+#[allow(clippy::too_many_arguments)]
 pub async fn commit_update<F>(
     api: &Api,
     t: &Target,
     mode: WriteMode,
     fv: FieldValidation,
     dry_run: bool,
+    manager: Option<&Manager>,
     mut mutate: F,
 ) -> ApiResult<(Outcome, Vec<String>)>
 where
@@ -339,6 +366,11 @@ where
         // A server-authored change of an already admitted object (pods/binding) skips admission,
         // as upstream's binding storage does: nothing a client wrote needs decoding or defaulting.
         let (mut admitted, warnings) = if mode == WriteMode::Whole { (new, Vec::new()) } else { admit(api, desc, new, Some(&old), fv)? };
+        if let Some(m) = manager
+            && let Some(ty) = schema::root(&desc.api_version(), desc.kind)
+        {
+            track_update(&old, &mut admitted, ty, m, &desc.api_version(), scope(desc, mode));
+        }
         bump_generation(desc, &old, &mut admitted);
         set_rv(&mut admitted, old_rev);
         if admitted == old {
@@ -477,14 +509,83 @@ fn respond(outcome: Outcome, warnings: &[String]) -> Response {
 pub async fn update(api: &Arc<Api>, t: &Target, headers: &HeaderMap, params: &Params, body: Bytes, mode: WriteMode) -> ApiResult<Response> {
     let obj = decode_object(headers, &body)?;
     let fv = FieldValidation::parse(params)?;
-    let (outcome, warnings) = commit_update(api, t, mode, fv, params.dry_run()?, |_old| Ok(obj.clone())).await?;
+    let m = manager(headers, params, mode, None);
+    let (outcome, warnings) = commit_update(api, t, mode, fv, params.dry_run()?, Some(&m), |_old| Ok(obj.clone())).await?;
     Ok(respond(outcome, &warnings))
 }
 
 pub async fn patch(api: &Arc<Api>, t: &Target, headers: &HeaderMap, params: &Params, body: Bytes, mode: WriteMode) -> ApiResult<Response> {
     let ct = content_type(headers);
     let fv = FieldValidation::parse(params)?;
+    if ct == "application/apply-patch+yaml" {
+        return server_side_apply(api, t, params, &body, mode, fv).await;
+    }
+    if params.get("force").is_some() {
+        return Err(invalid_options("force", "may not be specified for non-apply patch", true));
+    }
     let patcher = Patcher::new(&ct, &body)?;
-    let (outcome, warnings) = commit_update(api, t, mode, fv, params.dry_run()?, |old| patcher.apply(old)).await?;
+    let m = manager(headers, params, mode, None);
+    let (outcome, warnings) = commit_update(api, t, mode, fv, params.dry_run()?, Some(&m), |old| patcher.apply(old)).await?;
     Ok(respond(outcome, &warnings))
+}
+
+/// Upstream's 422 for bad PatchOptions.
+fn invalid_options(field: &str, detail: &str, forbidden: bool) -> ApiError {
+    let err = if forbidden { FieldError::forbidden(field, detail) } else { FieldError::required(field, detail) };
+    ApiError::invalid("meta.k8s.io", "PatchOptions", "", &[err])
+}
+
+/// Server-side apply: creates the object from the configuration when absent, otherwise merges
+/// it with field ownership (`crate::fields::apply`).
+async fn server_side_apply(
+    api: &Arc<Api>,
+    t: &Target,
+    params: &Params,
+    body: &[u8],
+    mode: WriteMode,
+    fv: FieldValidation,
+) -> ApiResult<Response> {
+    let manager = match params.get("fieldManager") {
+        Some(m) if !m.is_empty() => m.to_string(),
+        _ => return Err(invalid_options("fieldManager", "is required for apply patch", false)),
+    };
+    let force = match params.get("force") {
+        None | Some("") | Some("false") => false,
+        Some("true") => true,
+        Some(other) => return Err(ApiError::bad_request(format!("force: invalid value {other:?}: must be true or false"))),
+    };
+    let mut config = decode_yaml(body)?;
+    check_type(&t.desc, &mut config)?;
+    let api_version = t.desc.api_version();
+    let Some(ty) = schema::root(&api_version, t.desc.kind) else {
+        return Err(ApiError::unsupported_media_type("application/apply-patch+yaml"));
+    };
+    let sub = match mode {
+        WriteMode::Status => Some("status"),
+        _ => None,
+    };
+    let req = ApplyRequest { manager: &manager, api_version: &api_version, force, scope: scope(&t.desc, mode), subresource: sub };
+    let dry_run = params.dry_run()?;
+    match commit_update(api, t, mode, fv, dry_run, None, |old| crate::fields::apply::apply(old, &config, ty, &req)).await {
+        Ok((outcome, warnings)) => Ok(respond(outcome, &warnings)),
+        Err(e) if e.code == 404 && mode == WriteMode::Main => {
+            if let Some(n) = meta_str(&config, "name")
+                && n != t.name()
+            {
+                return Err(ApiError::bad_request(format!(
+                    "the name of the object ({n}) does not match the name on the URL ({})",
+                    t.name()
+                )));
+            }
+            meta_mut(&mut config).insert("name".into(), json!(t.name()));
+            let mut obj = apply_create(&config, ty, &req);
+            let (obj, warnings) = prepare_create(api, &t.desc, t.namespace.as_deref(), &mut obj, fv).await?;
+            if dry_run {
+                return Ok(with_warnings(json_value(StatusCode::CREATED, &obj), &warnings));
+            }
+            let created = store_create(api, &t.desc, t.namespace.as_deref(), t.name(), obj).await?;
+            Ok(with_warnings(super::json_bytes(StatusCode::CREATED, created), &warnings))
+        }
+        Err(e) => Err(e),
+    }
 }

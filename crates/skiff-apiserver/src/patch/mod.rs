@@ -29,10 +29,10 @@ impl Patcher {
                 Ok(Patcher::Json(p))
             }
             "application/strategic-merge-patch+json" => Ok(Patcher::Strategic(decode_json(body)?)),
-            "application/apply-patch+yaml" | "application/apply-patch+cbor" => Err(ApiError::new(
+            "application/apply-patch+cbor" => Err(ApiError::new(
                 415,
                 "UnsupportedMediaType",
-                format!("the server does not support {content_type} patches yet; use --type=merge or --type=json"),
+                format!("the server does not support {content_type} patches; send application/apply-patch+yaml"),
             )),
             other => Err(ApiError::unsupported_media_type(other)),
         }
@@ -41,10 +41,7 @@ impl Patcher {
     /// Applies the patch to `old` (which carries its apiVersion and kind).
     pub fn apply(&self, old: &Value) -> ApiResult<Value> {
         let mut v = old.clone();
-        // A patch's resourceVersion is a precondition only when the patch itself sets one.
-        if let Some(m) = v.get_mut("metadata").and_then(Value::as_object_mut) {
-            m.remove("resourceVersion");
-        }
+        let current_rv = old.pointer("/metadata/resourceVersion").cloned();
         match self {
             Patcher::Merge(p) => json_patch::merge(&mut v, p),
             Patcher::Json(p) => json_patch::patch(&mut v, p).map_err(|e| {
@@ -71,6 +68,13 @@ impl Patcher {
         }
         if !v.is_object() {
             return Err(ApiError::bad_request("the patch produced something that is not an object"));
+        }
+        // A patch pins the resourceVersion only when it changes it: JSON patches may `test` the
+        // current one (kubectl's managedFields migration does), which is no precondition.
+        if v.pointer("/metadata/resourceVersion") == current_rv.as_ref()
+            && let Some(m) = v.get_mut("metadata").and_then(Value::as_object_mut)
+        {
+            m.remove("resourceVersion");
         }
         Ok(v)
     }

@@ -25,6 +25,17 @@ pub struct FieldMeta {
     pub ty: Option<Ty>,
     pub strategy: Strategy,
     pub merge_key: Option<&'static str>,
+    /// How server-side apply treats the list (`+listType`, `+listMapKey`).
+    pub list: ListKind,
+}
+
+/// `+listType`: lists without one are atomic, as in upstream's OpenAPI.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum ListKind {
+    #[default]
+    Atomic,
+    Set,
+    Map(Vec<&'static str>),
 }
 
 /// `+patchStrategy`: `merge`, `replace`, `retainKeys`, or `merge,retainKeys`.
@@ -105,7 +116,23 @@ fn schema() -> &'static Schema {
                 let m = meta.and_then(|m| m.get(name));
                 let strategy = m.and_then(|m| m.get("strategy")).and_then(Value::as_str).map(Strategy::parse).unwrap_or_default();
                 let merge_key = m.and_then(|m| m.get("mergeKey")).and_then(Value::as_str).map(leak);
-                out.insert(leak(name), FieldMeta { ty, strategy, merge_key });
+                let keys: Vec<&'static str> = m
+                    .and_then(|m| m.get("listMapKeys"))
+                    .and_then(Value::as_array)
+                    .map(|a| a.iter().filter_map(Value::as_str).map(leak).collect())
+                    .unwrap_or_default();
+                let list = match m.and_then(|m| m.get("listType")).and_then(Value::as_str) {
+                    Some("map") if !keys.is_empty() => ListKind::Map(keys),
+                    Some("set") => ListKind::Set,
+                    Some(_) => ListKind::Atomic,
+                    // Older fields carry only the strategic-merge markers.
+                    None => match (strategy.merge, merge_key) {
+                        (true, Some(k)) => ListKind::Map(vec![k]),
+                        (true, None) => ListKind::Set,
+                        _ => ListKind::Atomic,
+                    },
+                };
+                out.insert(leak(name), FieldMeta { ty, strategy, merge_key, list });
             }
             direct.insert(msg, out);
         }

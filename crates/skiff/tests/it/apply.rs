@@ -194,22 +194,91 @@ fn apply_flows(s: &Server, k: &str, ns: &str) {
     assert_eq!(s.ok(k, &["get", "node", &node, "-o", "jsonpath={.spec.unschedulable}"]), "");
 }
 
+fn managers(s: &Server, k: &str, ns: &str, what: &str) -> String {
+    get(s, k, ns, what, r#"{range .metadata.managedFields[*]}{.manager}/{.operation}{.subresource} {end}"#).trim().to_string()
+}
+
+fn server_side_apply_flows(s: &Server, k: &str, ns: &str) {
+    s.ok(k, &["create", "namespace", ns]);
+    let dir = s.data_dir.join(format!("ssa-{ns}"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = write(&dir, "web.yaml", &deployment(2, TWO_PORTS, "{app: web}"));
+    let ssa = |extra: &[&str]| {
+        let mut args = vec!["-n", ns, "apply", "--server-side", "-f", &file];
+        args.extend_from_slice(extra);
+        s.kubectl(k, &args)
+    };
+
+    let out = ssa(&[]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(lines(&String::from_utf8_lossy(&out.stdout)), ["deployment.apps/web serverside-applied", "service/web serverside-applied"]);
+    assert_eq!(managers(s, k, ns, "deployment/web"), "kubectl/Apply");
+    let rv = get(s, k, ns, "deployment/web", "{.metadata.resourceVersion}");
+    assert!(ssa(&[]).status.success());
+    assert_eq!(get(s, k, ns, "deployment/web", "{.metadata.resourceVersion}"), rv, "re-applying the same manifest writes nothing");
+
+    // Two appliers fight over spec.replicas: a 409 naming the field and its owner, then forced.
+    // The autoscaler applies only what it manages.
+    let other = write(&dir, "web-3.yaml", "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: web}\nspec: {replicas: 3}\n");
+    let out = s.kubectl(k, &["-n", ns, "apply", "--server-side", "--field-manager=autoscaler", "-f", &other]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(r#"Apply failed with 1 conflict: conflict with "kubectl": .spec.replicas"#), "{err}");
+    assert_eq!(get(s, k, ns, "deployment/web", "{.spec.replicas}"), "2");
+    s.ok(k, &["-n", ns, "apply", "--server-side", "--field-manager=autoscaler", "--force-conflicts", "-f", &other]);
+    assert_eq!(get(s, k, ns, "deployment/web", "{.spec.replicas}"), "3");
+    assert_eq!(managers(s, k, ns, "deployment/web"), "kubectl/Apply autoscaler/Apply");
+
+    // kubectl stops applying replicas and a port: the port goes (only kubectl owned it), the
+    // replicas stay (the autoscaler owns them).
+    let fewer = deployment(2, ONE_PORT, "{app: web}").replace("  replicas: 2\n", "");
+    write(&dir, "web.yaml", &fewer);
+    assert!(ssa(&[]).status.success());
+    assert_eq!(get(s, k, ns, "deployment/web", "{.spec.replicas}"), "3");
+    assert_eq!(get(s, k, ns, "deployment/web", "{.spec.template.spec.containers[0].ports[*].containerPort}"), "8080");
+
+    // An update through /scale is owned by its writer, with the subresource named.
+    s.ok(k, &["-n", ns, "scale", "deployment/web", "--replicas=4"]);
+    let out = s.kubectl(k, &["-n", ns, "apply", "--server-side", "--field-manager=autoscaler", "-f", &other]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    // The manager is the User-Agent's program name: the binary's file name (`kubectl.1.33`).
+    let bin = Path::new(k).file_name().unwrap().to_string_lossy();
+    assert!(err.contains(&format!(r#"conflict with "{bin}" with subresource "scale" using apps/v1 at "#)), "{err}");
+
+    // Migration from client-side apply: fields only the old manifest had are removed.
+    let cm = write(&dir, "cm.yaml", "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: mig}\ndata: {k: v, old: x}\n");
+    s.ok(k, &["-n", ns, "apply", "-f", &cm]);
+    assert_eq!(managers(s, k, ns, "configmap/mig"), "kubectl-client-side-apply/Update");
+    write(&dir, "cm.yaml", "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: mig}\ndata: {k: v}\n");
+    let out = s.ok(k, &["-n", ns, "apply", "--server-side", "-f", &cm]);
+    assert_eq!(out.trim(), "configmap/mig serverside-applied");
+    assert_eq!(get(s, k, ns, "configmap/mig", "{.data}"), r#"{"k":"v"}"#);
+    assert!(!managers(s, k, ns, "configmap/mig").contains("kubectl-client-side-apply"));
+
+    // Every write keeps managedFields: kubectl create records its manager.
+    s.ok(k, &["-n", ns, "create", "configmap", "plain", "--from-literal=a=b"]);
+    assert_eq!(managers(s, k, ns, "configmap/plain"), "kubectl-create/Update");
+}
+
 #[test]
 fn kubectl_1_27_apply_patch_edit() {
     let s = Server::start();
     apply_flows(&s, KUBECTL_127, "apply-127");
+    server_side_apply_flows(&s, KUBECTL_127, "ssa-127");
 }
 
 #[test]
 fn kubectl_1_30_apply_patch_edit() {
     let s = Server::start();
     apply_flows(&s, KUBECTL_130, "apply-130");
+    server_side_apply_flows(&s, KUBECTL_130, "ssa-130");
 }
 
 #[test]
 fn kubectl_1_33_apply_patch_edit() {
     let s = Server::start();
     apply_flows(&s, KUBECTL_133, "apply-133");
+    server_side_apply_flows(&s, KUBECTL_133, "ssa-133");
 }
 
 /// kube-rs `Api::patch` with strategic, merge and JSON patches round-trips.
@@ -254,4 +323,37 @@ async fn kube_rs_patch_types() {
         other => panic!("expected a 400, got {other:?}"),
     }
     assert_eq!(api.get("kr").await.unwrap().spec.unwrap().replicas, Some(4));
+
+    // Server-side apply through kube-rs: create, conflict, force.
+    let cfg = |replicas: i32| {
+        serde_json::json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "ssa"},
+            "spec": {"replicas": replicas, "selector": {"matchLabels": {"app": "s"}},
+                     "template": {"metadata": {"labels": {"app": "s"}}, "spec": {"containers": [{"name": "a", "image": "i"}]}}}})
+    };
+    let out = api.patch("ssa", &PatchParams::apply("ctrl-a"), &Patch::Apply(cfg(1))).await.unwrap();
+    assert_eq!(out.metadata.managed_fields.unwrap()[0].manager.as_deref(), Some("ctrl-a"));
+    match api.patch("ssa", &PatchParams::apply("ctrl-b"), &Patch::Apply(cfg(2))).await {
+        Err(kube::Error::Api(e)) => {
+            assert_eq!((e.code, e.reason.as_str()), (409, "Conflict"));
+            assert_eq!(e.message, "Apply failed with 1 conflict: conflict with \"ctrl-a\": .spec.replicas");
+        }
+        other => panic!("expected a conflict, got {other:?}"),
+    }
+    let out = api.patch("ssa", &PatchParams::apply("ctrl-b").force(), &Patch::Apply(cfg(2))).await.unwrap();
+    assert_eq!(out.spec.unwrap().replicas, Some(2));
+
+    // Bad apply input: no fieldManager (422), a body of the wrong kind (400).
+    match api.patch("ssa", &PatchParams::default(), &Patch::Apply(cfg(3))).await {
+        Err(kube::Error::Api(e)) => {
+            assert_eq!(e.code, 422);
+            assert!(e.message.contains("fieldManager: Required value: is required for apply patch"), "{}", e.message);
+        }
+        other => panic!("expected a 422, got {other:?}"),
+    }
+    let wrong = serde_json::json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "ssa"}});
+    match api.patch("ssa", &PatchParams::apply("ctrl-a"), &Patch::Apply(wrong)).await {
+        Err(kube::Error::Api(e)) => assert_eq!(e.code, 400, "{}", e.message),
+        other => panic!("expected a 400, got {other:?}"),
+    }
+    assert_eq!(api.get("ssa").await.unwrap().spec.unwrap().replicas, Some(2));
 }
