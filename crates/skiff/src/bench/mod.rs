@@ -4,6 +4,7 @@
 use clap::{Args, Subcommand};
 
 mod api;
+mod apply;
 mod client;
 mod etcd;
 mod scheduler;
@@ -18,6 +19,9 @@ pub enum BenchCommand {
     /// Scheduler: upstream scheduler_perf shapes (5,000 nodes, 10,000 pods) through the API,
     /// against the bindings/s the API accepts with no scheduling work.
     Scheduler(scheduler::SchedulerArgs),
+    /// kubectl apply (client- and server-side) of a large manifest against kubectl create of the
+    /// same file, and apply-patch vs merge-patch cost per request.
+    Apply(apply::ApplyArgs),
 }
 
 #[derive(Args, Debug)]
@@ -43,5 +47,6 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
     match cmd {
         BenchCommand::Api(args) => api::run(args).await,
         BenchCommand::Scheduler(args) => scheduler::run(args).await,
+        BenchCommand::Apply(args) => apply::run(args).await,
     }
 }
