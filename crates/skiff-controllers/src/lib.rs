@@ -2,13 +2,113 @@
 //! `reconcile(obj, ctx) -> Result<Action>` function driven by kube-runtime's `Controller`, and talks
 //! to the API server only through a `kube::Client` (hard rule: only the API server opens the store).
 //!
-//! Start with [`run`], which runs every controller until the future is dropped.
+//! Start with [`run`]: it takes the `kube-system/kube-controller-manager` Lease (unless leader
+//! election is off) and then runs every controller on shared informers ([`informer`]) until the
+//! future is dropped or leadership is lost.
 
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::api::apps::v1::ReplicaSet;
+use k8s_openapi::api::core::v1::{Node, Pod, ReplicationController, Service};
 use kube::Client;
+use kube::api::Api;
+use kube::runtime::controller::Controller;
+use kube::runtime::watcher;
 
+pub mod deployment;
+pub mod endpoints;
+pub mod endpointslice;
+pub mod events;
+pub mod expectations;
+pub mod gc;
+pub mod informer;
+pub mod metrics;
 pub mod namespace;
+pub mod nodeipam;
+pub mod podutil;
+pub mod replicaset;
+pub mod serviceaccount;
 
-/// Runs all controllers on `client` until dropped.
-pub async fn run(client: Client) {
-    namespace::run(client).await;
+use expectations::Expectations;
+use informer::Informer;
+pub use metrics::Metrics;
+
+/// How the controller manager runs.
+pub struct Options {
+    /// This instance's name in the Lease.
+    pub identity: String,
+    /// Take part in leader election on `kube-system/kube-controller-manager` (upstream's default).
+    pub leader_elect: bool,
+    pub lease_duration: Duration,
+    pub renew_deadline: Duration,
+    pub retry_period: Duration,
+    pub metrics: Arc<Metrics>,
+    /// `--cluster-cidr` and `--node-cidr-mask-size` of the node IPAM controller.
+    pub node_ipam: nodeipam::NodeIpamOptions,
+}
+
+impl Options {
+    pub fn new(identity: &str) -> Options {
+        let lease = skiff_lease::LeaseConfig::new("kube-system", "kube-controller-manager", identity);
+        Options {
+            identity: identity.to_string(),
+            leader_elect: true,
+            lease_duration: lease.lease_duration,
+            renew_deadline: lease.renew_deadline,
+            retry_period: lease.retry,
+            metrics: Arc::new(Metrics::default()),
+            node_ipam: nodeipam::NodeIpamOptions::default(),
+        }
+    }
+}
+
+/// Runs all controllers on `client` until dropped (or, with leader election, while leading).
+pub async fn run(client: Client, opts: Options) -> anyhow::Result<()> {
+    let metrics = opts.metrics.clone();
+    let work = || run_controllers(client.clone(), metrics.clone(), opts.node_ipam.clone());
+    if opts.leader_elect {
+        let mut lease = skiff_lease::LeaseConfig::new("kube-system", "kube-controller-manager", &opts.identity);
+        (lease.lease_duration, lease.renew_deadline, lease.retry) = (opts.lease_duration, opts.renew_deadline, opts.retry_period);
+        skiff_lease::run_as_leader(client.clone(), lease, work).await
+    } else {
+        work().await
+    }
+}
+
+async fn run_controllers(client: Client, metrics: Arc<Metrics>, node_ipam: nodeipam::NodeIpamOptions) -> anyhow::Result<()> {
+    let exp = Arc::new(Expectations::default());
+    let mut pods = Informer::new(Api::<Pod>::all(client.clone()));
+    let tap_exp = exp.clone();
+    pods.tap(move |ev, store| tap_exp.observe(ev, store));
+    let mut replicasets = Informer::new(Api::<ReplicaSet>::all(client.clone()));
+
+    let rs_ctrl = Controller::for_stream(replicasets.subscribe(), replicasets.store());
+    let rc_ctrl = Controller::new(Api::<ReplicationController>::all(client.clone()), watcher::Config::default());
+    let rs_for_deployments = (replicasets.store(), replicasets.subscribe());
+    let (pods_rs, pods_rc, pods_deploy) = (pods.subscribe(), pods.subscribe(), pods.subscribe());
+    let pod_store = pods.store();
+    let mut services = Informer::new(Api::<Service>::all(client.clone()));
+    let mut nodes = Informer::new(Api::<Node>::all(client.clone()));
+    let ipam = nodeipam::attach(&mut nodes, node_ipam);
+    let (pods_ep, pods_eps) = (pods.subscribe(), pods.subscribe());
+    let (services_ep, services_eps) = (services.subscribe(), services.subscribe());
+    let (service_store, node_store) = (services.store(), nodes.store());
+
+    tokio::join!(
+        pods.run(),
+        replicasets.run(),
+        services.run(),
+        nodes.run(),
+        namespace::run(client.clone()),
+        gc::run(client.clone(), &metrics),
+        replicaset::run::<ReplicaSet>(client.clone(), &metrics, rs_ctrl, pod_store.clone(), pods_rs, exp.clone()),
+        replicaset::run::<ReplicationController>(client.clone(), &metrics, rc_ctrl, pod_store.clone(), pods_rc, exp.clone()),
+        deployment::run(client.clone(), &metrics, rs_for_deployments, (pod_store.clone(), pods_deploy)),
+        serviceaccount::run(client.clone(), &metrics),
+        endpoints::run(client.clone(), &metrics, (service_store.clone(), services_ep), (pod_store.clone(), pods_ep)),
+        endpointslice::run(client.clone(), &metrics, (service_store, services_eps), (pod_store.clone(), pods_eps), node_store),
+        ipam.run(client.clone(), &metrics),
+    );
+    Ok(())
 }

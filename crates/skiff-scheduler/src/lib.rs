@@ -6,7 +6,6 @@ pub mod cache;
 pub mod config;
 pub mod framework;
 pub mod informer;
-pub mod leader;
 pub mod node_info;
 pub mod plugins;
 pub mod quantity;
@@ -17,6 +16,7 @@ pub mod schedule;
 pub mod scheduler;
 
 pub use config::{DEFAULT_SCHEDULER, Profile};
+pub use skiff_lease as leader;
 
 /// Where and how the scheduler runs.
 pub struct Options {

@@ -25,6 +25,8 @@ enum Command {
     Server(cmd::server::ServerArgs),
     /// Run the scheduler on its own (leader-elected; the server embeds one by default).
     Scheduler(cmd::scheduler::SchedulerArgs),
+    /// Run the controller manager on its own (leader-elected; the server embeds one by default).
+    ControllerManager(cmd::controller_manager::ControllerManagerArgs),
     /// Run N simulated nodes against a cluster (register, heartbeat, "run" bound pods).
     Sim(cmd::sim::SimArgs),
     /// Print the skiff and Kubernetes API versions.
@@ -55,6 +57,10 @@ fn main() -> anyhow::Result<()> {
         Command::Scheduler(args) => {
             let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
             rt.block_on(cmd::scheduler::run(args))
+        }
+        Command::ControllerManager(args) => {
+            let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+            rt.block_on(cmd::controller_manager::run(args))
         }
         Command::Sim(args) => {
             let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;

@@ -28,7 +28,7 @@ pub struct SchedulerArgs {
 }
 
 /// Go-style durations as upstream's flags take them: `15s`, `500ms`, `1m`.
-fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+pub(crate) fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
     let (num, unit) = s.find(|c: char| !c.is_ascii_digit()).map(|i| s.split_at(i)).ok_or(format!("{s:?}: missing unit (s, ms, m)"))?;
     let n: u64 = num.parse().map_err(|_| format!("{s:?}: not a duration"))?;
     match unit {
@@ -78,7 +78,7 @@ pub async fn run(args: SchedulerArgs) -> anyhow::Result<()> {
     }
 }
 
-async fn shutdown_signal() {
+pub(crate) async fn shutdown_signal() {
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {},

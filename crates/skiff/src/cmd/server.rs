@@ -48,6 +48,11 @@ pub struct ServerArgs {
     /// Scheduler configuration file (KubeSchedulerConfiguration-like: profiles, weights).
     #[arg(long)]
     pub scheduler_config: Option<PathBuf>,
+    /// Do not run the embedded controller manager (run `skiff controller-manager` elsewhere, or none).
+    #[arg(long)]
+    pub disable_controller_manager: bool,
+    #[command(flatten)]
+    pub controllers: crate::cmd::controller_manager::ControllerFlags,
     /// Do not run the embedded node agent (accepted now; the agent is not built yet).
     #[arg(long)]
     pub disable_agent: bool,
@@ -71,6 +76,10 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     let scheduler_opts = match args.disable_scheduler {
         true => None,
         false => Some(crate::cmd::scheduler::options(args.scheduler_config.as_deref(), true)?),
+    };
+    let controller_opts = match args.disable_controller_manager {
+        true => None,
+        false => Some(args.controllers.options(Some(&args.service_cidr))?),
     };
     let service_cidr = Cidr::parse(&args.service_cidr).map_err(|e| anyhow::anyhow!("--service-cidr: {e}"))?;
     std::fs::create_dir_all(&args.data_dir).with_context(|| format!("creating data dir {}", args.data_dir.display()))?;
@@ -117,10 +126,20 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     if let Some(extra) = &args.write_kubeconfig {
         skiff_pki::write_admin_kubeconfig(extra, &url, &pki)?;
     }
-    let controllers_client = crate::inprocess::client(router.clone(), "system:kube-controller-manager", &["system:masters"]);
-    tokio::spawn(skiff_controllers::run(controllers_client));
+    if let Some(opts) = controller_opts {
+        if let Some(addr) = args.controllers.metrics_address {
+            crate::cmd::controller_manager::serve_metrics(addr, opts.metrics.clone()).await?;
+        }
+        let client =
+            crate::inprocess::client(router.clone(), "system:kube-controller-manager", &["system:masters"], "kube-controller-manager");
+        tokio::spawn(async move {
+            if let Err(e) = skiff_controllers::run(client, opts).await {
+                tracing::error!(error = %e, "controller manager stopped");
+            }
+        });
+    }
     if let Some(opts) = scheduler_opts {
-        let client = crate::inprocess::client(router.clone(), "system:kube-scheduler", &[]);
+        let client = crate::inprocess::client(router.clone(), "system:kube-scheduler", &[], "kube-scheduler");
         tokio::spawn(async move {
             if let Err(e) = skiff_scheduler::run(client, opts).await {
                 tracing::error!(error = %e, "scheduler stopped");

@@ -194,8 +194,25 @@ fn apply_flows(s: &Server, k: &str, ns: &str) {
     assert_eq!(s.ok(k, &["get", "node", &node, "-o", "jsonpath={.spec.unschedulable}"]), "");
 }
 
+/// The object's field managers, without the controller manager's own entries (a Deployment's
+/// revision annotation and status are the deployment controller's, as upstream).
 fn managers(s: &Server, k: &str, ns: &str, what: &str) -> String {
-    get(s, k, ns, what, r#"{range .metadata.managedFields[*]}{.manager}/{.operation}{.subresource} {end}"#).trim().to_string()
+    let all = get(s, k, ns, what, r#"{range .metadata.managedFields[*]}{.manager}/{.operation}{.subresource} {end}"#);
+    all.split_whitespace().filter(|m| !m.starts_with("kube-controller-manager/")).collect::<Vec<_>>().join(" ")
+}
+
+/// Waits until the controllers stop writing to the object (its resourceVersion holds for 1 s).
+fn settled_rv(s: &Server, k: &str, ns: &str, what: &str) -> String {
+    let mut rv = get(s, k, ns, what, "{.metadata.resourceVersion}");
+    for _ in 0..50 {
+        std::thread::sleep(std::time::Duration::from_secs(1));
+        let now = get(s, k, ns, what, "{.metadata.resourceVersion}");
+        if now == rv {
+            return rv;
+        }
+        rv = now;
+    }
+    panic!("{what} never settled");
 }
 
 fn server_side_apply_flows(s: &Server, k: &str, ns: &str) {
@@ -213,7 +230,7 @@ fn server_side_apply_flows(s: &Server, k: &str, ns: &str) {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(lines(&String::from_utf8_lossy(&out.stdout)), ["deployment.apps/web serverside-applied", "service/web serverside-applied"]);
     assert_eq!(managers(s, k, ns, "deployment/web"), "kubectl/Apply");
-    let rv = get(s, k, ns, "deployment/web", "{.metadata.resourceVersion}");
+    let rv = settled_rv(s, k, ns, "deployment/web");
     assert!(ssa(&[]).status.success());
     assert_eq!(get(s, k, ns, "deployment/web", "{.metadata.resourceVersion}"), rv, "re-applying the same manifest writes nothing");
 

@@ -4,6 +4,9 @@
 mod apply;
 mod badinput;
 mod crash;
+mod deployments;
+mod endpoints;
+mod gc;
 #[allow(dead_code)] // not every test uses every helper
 mod harness;
 mod kubectl;

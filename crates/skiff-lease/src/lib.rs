@@ -1,7 +1,7 @@
 //! Leader election through a coordination.k8s.io/v1 Lease, as upstream's leaderelection package:
 //! acquire when the Lease is absent or expired, renew every `retry`, give up leadership when
-//! renewals fail for `renew_deadline`. Only the leader schedules; the work future is dropped (all
-//! its tasks stop) the moment leadership is lost.
+//! renewals fail for `renew_deadline`. Only the leader works (schedules, reconciles); the work
+//! future is dropped (all its tasks stop) the moment leadership is lost.
 
 use std::future::Future;
 use std::time::Duration;

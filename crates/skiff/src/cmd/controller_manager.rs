@@ -1,0 +1,93 @@
+//! `skiff controller-manager`: the controllers as their own process (the server also embeds them
+//! unless `--disable-controller-manager`). Several may run; the `kube-system/kube-controller-manager`
+//! Lease picks the active one.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use clap::Args;
+
+use crate::cmd::scheduler::{client_from_kubeconfig, identity, parse_duration, shutdown_signal};
+
+#[derive(Args, Debug)]
+pub struct ControllerManagerArgs {
+    /// Kubeconfig to reach the API server.
+    #[arg(long, env = "KUBECONFIG", default_value = "/etc/skiff/kubeconfig.yaml")]
+    pub kubeconfig: PathBuf,
+    #[command(flatten)]
+    pub common: ControllerFlags,
+}
+
+/// Flags the embedded and the stand-alone controller manager share.
+#[derive(Args, Debug, Clone)]
+pub struct ControllerFlags {
+    /// Take part in leader election (false: run the controllers unconditionally).
+    #[arg(long = "controllers-leader-elect", default_value_t = true, action = clap::ArgAction::Set)]
+    pub leader_elect: bool,
+    /// How long the controller manager's Lease stays valid without renewal.
+    #[arg(long = "controllers-lease-duration", default_value = "15s", value_parser = parse_duration)]
+    pub lease_duration: std::time::Duration,
+    /// How long the leader keeps trying to renew before giving up leadership.
+    #[arg(long = "controllers-renew-deadline", default_value = "10s", value_parser = parse_duration)]
+    pub renew_deadline: std::time::Duration,
+    /// How often candidates try to acquire and the leader renews.
+    #[arg(long = "controllers-retry-period", default_value = "2s", value_parser = parse_duration)]
+    pub retry_period: std::time::Duration,
+    /// CIDR that each Node's pod CIDR (`spec.podCIDR`) is allocated from.
+    #[arg(long, default_value = "10.42.0.0/16")]
+    pub cluster_cidr: String,
+    /// Prefix length of each Node's pod CIDR.
+    #[arg(long, default_value_t = 24)]
+    pub node_cidr_mask_size: u8,
+    /// Serve the controllers' Prometheus metrics at http://ADDR/metrics (off when unset).
+    #[arg(long = "controllers-metrics-address")]
+    pub metrics_address: Option<SocketAddr>,
+}
+
+impl ControllerFlags {
+    /// `service_cidr` (when known) is kept out of the pod CIDRs handed to nodes.
+    pub fn options(&self, service_cidr: Option<&str>) -> anyhow::Result<skiff_controllers::Options> {
+        anyhow::ensure!(
+            self.renew_deadline < self.lease_duration,
+            "--controllers-renew-deadline must be shorter than --controllers-lease-duration"
+        );
+        let mut opts = skiff_controllers::Options::new(&identity());
+        opts.leader_elect = self.leader_elect;
+        (opts.lease_duration, opts.renew_deadline, opts.retry_period) = (self.lease_duration, self.renew_deadline, self.retry_period);
+        opts.node_ipam = skiff_controllers::nodeipam::NodeIpamOptions::new(&self.cluster_cidr, self.node_cidr_mask_size, service_cidr)
+            .map_err(|e| anyhow::anyhow!("--cluster-cidr: {e}"))?;
+        Ok(opts)
+    }
+}
+
+/// Serves `/metrics` for the controllers on `addr` in the background.
+pub async fn serve_metrics(addr: SocketAddr, metrics: Arc<skiff_controllers::Metrics>) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| anyhow::anyhow!("--controllers-metrics-address {addr}: {e}"))?;
+    let app = axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(move || {
+            let m = metrics.clone();
+            async move { ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], m.encode()) }
+        }),
+    );
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::warn!(error = %e, "controller metrics server stopped");
+        }
+    });
+    Ok(())
+}
+
+pub async fn run(args: ControllerManagerArgs) -> anyhow::Result<()> {
+    let opts = args.common.options(None)?;
+    if let Some(addr) = args.common.metrics_address {
+        serve_metrics(addr, opts.metrics.clone()).await?;
+    }
+    let client = client_from_kubeconfig(&args.kubeconfig).await?;
+    tracing::info!(identity = %opts.identity, "skiff controller-manager starting");
+    tokio::select! {
+        r = skiff_controllers::run(client, opts) => r,
+        _ = shutdown_signal() => Ok(()),
+    }
+}
