@@ -92,16 +92,13 @@ where
         }
     });
     let (c1, c2) = (ctx.clone(), ctx.clone());
-    let controller = Controller::for_stream(service_events, services)
-        .watches_stream(pod_events, move |p: Pod| services_for_pod(&c1.services, &c1.members.lock().expect("members lock"), &p))
-        .watches_stream(endpoint_events, move |e: Endpoints| on_endpoints_event(&c2, &e))
-        .run(reconcile, error_policy, ctx.clone())
-        .for_each(|res| async move {
-            match res {
-                Ok(_) | Err(kube::runtime::controller::Error::ObjectNotFound(_)) => {}
-                Err(e) => tracing::debug!("{COMPONENT}: {e}"),
-            }
-        });
+    let controller = crate::drain(
+        Controller::for_stream(service_events, services)
+            .watches_stream(pod_events, move |p: Pod| services_for_pod(&c1.services, &c1.members.lock().expect("members lock"), &p))
+            .watches_stream(endpoint_events, move |e: Endpoints| on_endpoints_event(&c2, &e))
+            .run(reconcile, error_policy, ctx.clone()),
+        COMPONENT,
+    );
     tokio::join!(endpoints.run(), controller, sweep_leftovers(ctx));
 }
 

@@ -112,3 +112,27 @@ async fn run_controllers(client: Client, metrics: Arc<Metrics>, node_ipam: nodei
     );
     Ok(())
 }
+
+/// Consumes a `Controller::run` stream, logging failed reconciles. A trigger for an object that is
+/// already gone (`ObjectNotFound`) is normal churn, not an error.
+pub(crate) async fn drain<K, E, QE>(
+    results: impl futures::Stream<
+        Item = Result<(kube::runtime::reflector::ObjectRef<K>, kube::runtime::controller::Action), kube::runtime::controller::Error<E, QE>>,
+    >,
+    component: &str,
+) where
+    K: kube::Resource,
+    E: std::error::Error + 'static,
+    QE: std::error::Error + 'static,
+{
+    use futures::StreamExt;
+    results
+        .for_each(|r| {
+            match r {
+                Ok(_) | Err(kube::runtime::controller::Error::ObjectNotFound(_)) => {}
+                Err(e) => tracing::debug!("{component}: {e}"),
+            }
+            futures::future::ready(())
+        })
+        .await
+}

@@ -6,7 +6,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Namespace, NamespaceCondition};
 use kube::api::{Api, DeleteParams, DynamicObject, ListParams, PostParams};
 use kube::discovery::{Discovery, Scope, verbs};
@@ -28,14 +27,11 @@ struct Ctx {
 
 pub async fn run(client: Client) {
     let namespaces: Api<Namespace> = Api::all(client.clone());
-    Controller::new(namespaces, watcher::Config::default())
-        .run(reconcile, error_policy, Arc::new(Ctx { client }))
-        .for_each(|res| async move {
-            if let Err(e) = res {
-                tracing::debug!("namespace reconcile: {e}");
-            }
-        })
-        .await;
+    crate::drain(
+        Controller::new(namespaces, watcher::Config::default()).run(reconcile, error_policy, Arc::new(Ctx { client })),
+        "namespace-controller",
+    )
+    .await;
 }
 
 fn error_policy(_ns: Arc<Namespace>, err: &Error, _ctx: Arc<Ctx>) -> Action {

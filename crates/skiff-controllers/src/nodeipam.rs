@@ -414,16 +414,15 @@ impl NodeIpam {
             events: Recorder::new(client, COMPONENT),
             metrics: metrics.controller(CONTROLLER),
         });
-        Controller::for_stream(self.events, self.store)
-            .reconcile_on(UnboundedReceiverStream::new(self.wake))
-            .run(reconcile, error_policy, ctx)
-            .for_each(|res| async move {
-                match res {
-                    Ok(_) | Err(kube::runtime::controller::Error::ObjectNotFound(_)) => {}
-                    Err(e) => tracing::debug!("{CONTROLLER}: {e}"),
-                }
-            })
-            .await;
+        crate::drain(
+            Controller::for_stream(self.events, self.store).reconcile_on(UnboundedReceiverStream::new(self.wake)).run(
+                reconcile,
+                error_policy,
+                ctx,
+            ),
+            CONTROLLER,
+        )
+        .await;
     }
 }
 

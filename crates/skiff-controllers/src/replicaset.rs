@@ -10,7 +10,6 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
 use futures::future::join_all;
 use jiff::Timestamp;
 use k8s_openapi::api::apps::v1::ReplicaSet;
@@ -125,14 +124,11 @@ pub async fn run<K: Replicated>(
         metrics: metrics.controller(K::COMPONENT),
         _k: std::marker::PhantomData,
     });
-    ctrl.watches_stream(pod_events, move |pod: Pod| owners_of(&owners, &pod))
-        .run(reconcile::<K>, error_policy::<K>, ctx)
-        .for_each(|res| async move {
-            if let Err(e) = res {
-                tracing::debug!("{}: {e}", K::COMPONENT);
-            }
-        })
-        .await;
+    crate::drain(
+        ctrl.watches_stream(pod_events, move |pod: Pod| owners_of(&owners, &pod)).run(reconcile::<K>, error_policy::<K>, ctx),
+        K::COMPONENT,
+    )
+    .await;
 }
 
 /// Which owners a pod event concerns: its controller, or, for an orphan, every owner in its

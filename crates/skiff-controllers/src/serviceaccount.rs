@@ -10,7 +10,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{Api, PostParams};
@@ -45,20 +44,17 @@ pub async fn run(client: Client, metrics: &Metrics) {
     let account_events = accounts.subscribe();
     let ctx = Arc::new(Ctx { client: client.clone(), accounts: accounts.store(), metrics: metrics.controller(COMPONENT) });
     let c = ctx.clone();
-    let controller = Controller::new(Api::<Namespace>::all(client), watcher::Config::default())
-        .watches_stream(account_events, move |sa: ServiceAccount| {
-            // Only a deletion of an ensured account needs the namespace looked at again.
-            let ns = sa.namespace().unwrap_or_default();
-            let gone = ENSURED.contains(&sa.name_any().as_str()) && c.accounts.get(&ObjectRef::from_obj(&sa)).is_none();
-            gone.then(|| ObjectRef::<Namespace>::new(&ns))
-        })
-        .run(reconcile, error_policy, ctx)
-        .for_each(|res| async move {
-            match res {
-                Ok(_) | Err(kube::runtime::controller::Error::ObjectNotFound(_)) => {}
-                Err(e) => tracing::debug!("{COMPONENT}: {e}"),
-            }
-        });
+    let controller = crate::drain(
+        Controller::new(Api::<Namespace>::all(client), watcher::Config::default())
+            .watches_stream(account_events, move |sa: ServiceAccount| {
+                // Only a deletion of an ensured account needs the namespace looked at again.
+                let ns = sa.namespace().unwrap_or_default();
+                let gone = ENSURED.contains(&sa.name_any().as_str()) && c.accounts.get(&ObjectRef::from_obj(&sa)).is_none();
+                gone.then(|| ObjectRef::<Namespace>::new(&ns))
+            })
+            .run(reconcile, error_policy, ctx),
+        COMPONENT,
+    );
     tokio::join!(accounts.run(), controller);
 }
 

@@ -14,7 +14,7 @@ pub mod util;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::{Stream, StreamExt};
+use futures::Stream;
 use jiff::Timestamp;
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentStatus, ReplicaSet};
 use k8s_openapi::api::core::v1::Pod;
@@ -63,15 +63,13 @@ pub async fn run(
         events: Recorder::new(client, COMPONENT),
         metrics: metrics.controller(COMPONENT),
     });
-    ctrl.watches_stream(rs_events, move |rs: ReplicaSet| owners_of_rs(&deps_for_rs, &rs))
-        .watches_stream(pod_events, move |pod: Pod| recreate_owner(&rs_for_pods, &deps_for_pods, &pod))
-        .run(reconcile, error_policy, ctx)
-        .for_each(|res| async move {
-            if let Err(e) = res {
-                tracing::debug!("deployment controller: {e}");
-            }
-        })
-        .await;
+    crate::drain(
+        ctrl.watches_stream(rs_events, move |rs: ReplicaSet| owners_of_rs(&deps_for_rs, &rs))
+            .watches_stream(pod_events, move |pod: Pod| recreate_owner(&rs_for_pods, &deps_for_pods, &pod))
+            .run(reconcile, error_policy, ctx),
+        COMPONENT,
+    )
+    .await;
 }
 
 /// A ReplicaSet event concerns its controlling Deployment or, for an orphan, every Deployment in
