@@ -49,6 +49,7 @@ pub struct Config {
     pub service_cidr: Cidr,
     /// Events kept per resource in the watch cache for resuming watchers.
     pub watch_cache_size: usize,
+    pub toleration_seconds: strategy::DefaultTolerationSeconds,
 }
 
 /// The API server's shared state.
@@ -69,7 +70,11 @@ impl Api {
         let cache = cache::WatchCache::start(store.clone(), registry.clone(), config.watch_cache_size)
             .await
             .map_err(|e| anyhow::anyhow!(e.message))?;
-        let env = strategy::Env { services: strategy::ServiceAllocator::new(config.service_cidr), priority_classes: Default::default() };
+        let env = strategy::Env {
+            services: strategy::ServiceAllocator::new(config.service_cidr),
+            priority_classes: Default::default(),
+            toleration_seconds: config.toleration_seconds,
+        };
         let api = Arc::new(Api { registry, store, cache, env, config, authn });
         let weak = Arc::downgrade(&api);
         api.env.priority_classes.set_source(Arc::new(move || {

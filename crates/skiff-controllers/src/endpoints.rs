@@ -169,9 +169,8 @@ async fn delete_endpoints(ctx: Arc<Ctx>, ns: String, name: String) {
 /// Upstream's checkLeftoverEndpoints, once at start: Endpoints whose Service was deleted while no
 /// controller was watching.
 async fn sweep_leftovers(ctx: Arc<Ctx>) {
-    if ctx.endpoints.wait_until_ready().await.is_err() || ctx.services.wait_until_ready().await.is_err() {
-        return;
-    }
+    crate::informer::ready(&ctx.endpoints).await;
+    crate::informer::ready(&ctx.services).await;
     for ep in ctx.endpoints.state() {
         if ep.annotations().contains_key(LEADER_ANNOTATION) {
             continue;
@@ -186,8 +185,8 @@ async fn sweep_leftovers(ctx: Arc<Ctx>) {
 async fn reconcile(svc: Arc<Service>, ctx: Arc<Ctx>) -> Result<Action, Error> {
     let _timer = ctx.metrics.reconcile_timer();
     // Never decide from a partial cache: at start-up that would empty every Endpoints.
-    ctx.pods.wait_until_ready().await?;
-    ctx.endpoints.wait_until_ready().await?;
+    crate::informer::ready(&ctx.pods).await;
+    crate::informer::ready(&ctx.endpoints).await;
     let (ns, name) = (namespace_of(&*svc), svc.name_any());
     let Some(selector) = service_selector(&svc) else {
         ctx.members.lock().expect("members lock").remove_service(&ns, &name);

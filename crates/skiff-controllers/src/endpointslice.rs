@@ -147,9 +147,9 @@ fn on_slice(ctx: &Ctx, s: &EndpointSlice) -> Vec<ObjectRef<Service>> {
 
 async fn reconcile(svc: Arc<Service>, ctx: Arc<Ctx>) -> Result<Action, Error> {
     let _timer = ctx.metrics.reconcile_timer();
-    ctx.pods.wait_until_ready().await?;
-    ctx.slices.wait_until_ready().await?;
-    ctx.nodes.wait_until_ready().await?;
+    crate::informer::ready(&ctx.pods).await;
+    crate::informer::ready(&ctx.slices).await;
+    crate::informer::ready(&ctx.nodes).await;
     let (ns, name) = (namespace_of(&*svc), svc.name_any());
     let Some(selector) = service_selector(&svc) else {
         ctx.members.lock().expect("members lock").remove_service(&ns, &name);

@@ -82,3 +82,19 @@ where
             .await;
     }
 }
+
+/// Waits until `store` has its first full list. Use this instead of `Store::wait_until_ready` in
+/// reconcilers: kube-runtime's readiness gate polls a single oneshot receiver from every waiter,
+/// so with several concurrent waiters only the last one's waker fires and the others (reconciles
+/// parked inside the controller's runner) never wake up. Checking without waiting and sleeping
+/// between checks has no waker to lose; it only costs a few wake-ups at start.
+pub async fn ready<K>(store: &Store<K>)
+where
+    K: kube::runtime::reflector::Lookup + Clone + 'static,
+    K::DynamicType: Eq + std::hash::Hash + Clone,
+{
+    use futures::FutureExt;
+    while store.wait_until_ready().now_or_never().is_none() {
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}

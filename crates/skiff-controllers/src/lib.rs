@@ -26,6 +26,7 @@ pub mod informer;
 pub mod metrics;
 pub mod namespace;
 pub mod nodeipam;
+pub mod nodelifecycle;
 pub mod podutil;
 pub mod replicaset;
 pub mod serviceaccount;
@@ -46,6 +47,8 @@ pub struct Options {
     pub metrics: Arc<Metrics>,
     /// `--cluster-cidr` and `--node-cidr-mask-size` of the node IPAM controller.
     pub node_ipam: nodeipam::NodeIpamOptions,
+    /// Node health, taints and taint-based eviction.
+    pub node_lifecycle: nodelifecycle::NodeLifecycleOptions,
 }
 
 impl Options {
@@ -59,6 +62,7 @@ impl Options {
             retry_period: lease.retry,
             metrics: Arc::new(Metrics::default()),
             node_ipam: nodeipam::NodeIpamOptions::default(),
+            node_lifecycle: Default::default(),
         }
     }
 }
@@ -66,7 +70,7 @@ impl Options {
 /// Runs all controllers on `client` until dropped (or, with leader election, while leading).
 pub async fn run(client: Client, opts: Options) -> anyhow::Result<()> {
     let metrics = opts.metrics.clone();
-    let work = || run_controllers(client.clone(), metrics.clone(), opts.node_ipam.clone());
+    let work = || run_controllers(client.clone(), metrics.clone(), opts.node_ipam.clone(), opts.node_lifecycle.clone());
     if opts.leader_elect {
         let mut lease = skiff_lease::LeaseConfig::new("kube-system", "kube-controller-manager", &opts.identity);
         (lease.lease_duration, lease.renew_deadline, lease.retry) = (opts.lease_duration, opts.renew_deadline, opts.retry_period);
@@ -76,7 +80,12 @@ pub async fn run(client: Client, opts: Options) -> anyhow::Result<()> {
     }
 }
 
-async fn run_controllers(client: Client, metrics: Arc<Metrics>, node_ipam: nodeipam::NodeIpamOptions) -> anyhow::Result<()> {
+async fn run_controllers(
+    client: Client,
+    metrics: Arc<Metrics>,
+    node_ipam: nodeipam::NodeIpamOptions,
+    node_lifecycle: nodelifecycle::NodeLifecycleOptions,
+) -> anyhow::Result<()> {
     let exp = Arc::new(Expectations::default());
     let mut pods = Informer::new(Api::<Pod>::all(client.clone()));
     let tap_exp = exp.clone();
@@ -107,7 +116,8 @@ async fn run_controllers(client: Client, metrics: Arc<Metrics>, node_ipam: nodei
         deployment::run(client.clone(), &metrics, rs_for_deployments, (pod_store.clone(), pods_deploy)),
         serviceaccount::run(client.clone(), &metrics),
         endpoints::run(client.clone(), &metrics, (service_store.clone(), services_ep), (pod_store.clone(), pods_ep)),
-        endpointslice::run(client.clone(), &metrics, (service_store, services_eps), (pod_store.clone(), pods_eps), node_store),
+        endpointslice::run(client.clone(), &metrics, (service_store, services_eps), (pod_store.clone(), pods_eps), node_store.clone()),
+        nodelifecycle::run(client.clone(), &metrics, node_store, pod_store.clone(), node_lifecycle),
         ipam.run(client.clone(), &metrics),
     );
     Ok(())

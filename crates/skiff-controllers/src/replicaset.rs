@@ -159,7 +159,7 @@ fn error_policy<K: Replicated>(_o: Arc<K>, err: &Error, ctx: Arc<Ctx<K>>) -> Act
 async fn reconcile<K: Replicated>(owner: Arc<K>, ctx: Arc<Ctx<K>>) -> Result<Action, Error> {
     let _timer = ctx.metrics.reconcile_timer();
     // Never decide from a partial pod cache: at start-up that would re-create every pod.
-    let _ = ctx.pods.wait_until_ready().await;
+    crate::informer::ready(&ctx.pods).await;
     let meta = owner.meta();
     let (ns, name, uid) = (owner.namespace().unwrap_or_default(), owner.name_any(), meta.uid.clone().unwrap_or_default());
     let view = owner.view();

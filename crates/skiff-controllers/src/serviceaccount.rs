@@ -79,7 +79,7 @@ pub fn missing(ns: &Namespace, exists: impl Fn(&str) -> bool) -> Vec<&'static st
 
 async fn reconcile(ns: Arc<Namespace>, ctx: Arc<Ctx>) -> Result<Action, Error> {
     let _timer = ctx.metrics.reconcile_timer();
-    ctx.accounts.wait_until_ready().await?;
+    crate::informer::ready(&ctx.accounts).await;
     let name = ns.name_any();
     let todo = missing(&ns, |sa| ctx.accounts.get(&ObjectRef::new(sa).within(&name)).is_some());
     let api = Api::<ServiceAccount>::namespaced(ctx.client.clone(), &name);

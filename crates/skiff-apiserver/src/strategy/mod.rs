@@ -17,6 +17,22 @@ pub struct Env {
     pub services: ServiceAllocator,
     /// PriorityClasses for the Priority admission step on pod creation.
     pub priority_classes: PriorityClasses,
+    /// The DefaultTolerationSeconds admission plugin's `tolerationSeconds` for the not-ready and
+    /// unreachable NoExecute taints (upstream's --default-not-ready-toleration-seconds and
+    /// --default-unreachable-toleration-seconds).
+    pub toleration_seconds: DefaultTolerationSeconds,
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct DefaultTolerationSeconds {
+    pub not_ready: i64,
+    pub unreachable: i64,
+}
+
+impl Default for DefaultTolerationSeconds {
+    fn default() -> Self {
+        DefaultTolerationSeconds { not_ready: 300, unreachable: 300 }
+    }
 }
 
 /// A PriorityClass as pod admission needs it.

@@ -20,7 +20,7 @@ impl Strategy<Pod> for PodStrategy {
             None => {
                 default_pod_spec(spec);
                 resolve_priority(spec, &env.priority_classes.all())?;
-                admission_defaults(spec);
+                admission_defaults(spec, env.toleration_seconds);
                 pod.status =
                     Some(PodStatus { phase: Some("Pending".into()), qos_class: Some(qos_class(spec).into()), ..Default::default() });
             }
@@ -144,7 +144,7 @@ fn resolve_priority(spec: &mut PodSpec, classes: &[PriorityClassInfo]) -> Result
 }
 
 /// What the ServiceAccount, Priority and DefaultTolerationSeconds admission plugins add on create.
-fn admission_defaults(spec: &mut PodSpec) {
+fn admission_defaults(spec: &mut PodSpec, seconds: crate::strategy::DefaultTolerationSeconds) {
     if spec.service_account_name.as_deref().unwrap_or_default().is_empty() {
         spec.service_account_name = Some("default".into());
     }
@@ -154,7 +154,7 @@ fn admission_defaults(spec: &mut PodSpec) {
     }
     spec.preemption_policy.get_or_insert_with(|| "PreemptLowerPriority".into());
     let tolerations = spec.tolerations.get_or_insert_with(Vec::new);
-    for key in ["node.kubernetes.io/not-ready", "node.kubernetes.io/unreachable"] {
+    for (key, secs) in [("node.kubernetes.io/not-ready", seconds.not_ready), ("node.kubernetes.io/unreachable", seconds.unreachable)] {
         let present = tolerations.iter().any(|t| {
             t.key.as_deref() == Some(key) && matches!(t.effect.as_deref(), Some("NoExecute") | None)
                 || (t.key.is_none() && t.operator.as_deref() == Some("Exists"))
@@ -164,7 +164,7 @@ fn admission_defaults(spec: &mut PodSpec) {
                 key: Some(key.into()),
                 operator: Some("Exists".into()),
                 effect: Some("NoExecute".into()),
-                toleration_seconds: Some(300),
+                toleration_seconds: Some(secs),
                 ..Default::default()
             });
         }
@@ -271,7 +271,7 @@ mod tests {
     fn defaults_like_upstream() {
         let mut p = pod(json!([{"name": "c", "image": "busybox"}, {"name": "d", "image": "busybox:1.36"}]));
         PodStrategy
-            .default(&mut p, None, &crate::strategy::Env { services: Default::default(), priority_classes: Default::default() })
+            .default(&mut p, None, &crate::strategy::Env { services: Default::default(), priority_classes: Default::default(), toleration_seconds: Default::default() })
             .unwrap();
         let spec = p.spec.as_ref().unwrap();
         assert_eq!(spec.containers[0].image_pull_policy.as_deref(), Some("Always"));

@@ -116,8 +116,8 @@ fn error_policy(_d: Arc<Deployment>, err: &Error, ctx: Arc<Ctx>) -> Action {
 
 async fn reconcile(d: Arc<Deployment>, ctx: Arc<Ctx>) -> Result<Action, Error> {
     let _timer = ctx.metrics.reconcile_timer();
-    let _ = ctx.replicasets.wait_until_ready().await;
-    let _ = ctx.pods.wait_until_ready().await;
+    crate::informer::ready(&ctx.replicasets).await;
+    crate::informer::ready(&ctx.pods).await;
     let mut s = rollout::Sync::new(&ctx, (*d).clone());
     s.claim_replicasets().await?;
     if d.metadata.deletion_timestamp.is_some() {

@@ -40,6 +40,24 @@ pub struct ControllerFlags {
     /// Prefix length of each Node's pod CIDR.
     #[arg(long, default_value_t = 24)]
     pub node_cidr_mask_size: u8,
+    /// How often node health is evaluated.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    pub node_monitor_period: std::time::Duration,
+    /// Silence (no Lease renewal, no status) after which a node is marked Unknown and tainted.
+    #[arg(long, default_value = "40s", value_parser = parse_duration)]
+    pub node_monitor_grace_period: std::time::Duration,
+    /// Nodes per second that get NoExecute taints (and so lose their pods) in a healthy zone.
+    #[arg(long, default_value_t = 0.1)]
+    pub node_eviction_rate: f64,
+    /// The same in a partially disrupted zone larger than --large-cluster-size-threshold.
+    #[arg(long, default_value_t = 0.01)]
+    pub secondary_node_eviction_rate: f64,
+    /// Zones with at most this many nodes stop evicting when partially disrupted.
+    #[arg(long, default_value_t = 50)]
+    pub large_cluster_size_threshold: usize,
+    /// Share of not-ready nodes at which a zone counts as partially disrupted.
+    #[arg(long, default_value_t = 0.55)]
+    pub unhealthy_zone_threshold: f64,
     /// Serve the controllers' Prometheus metrics at http://ADDR/metrics (off when unset).
     #[arg(long = "controllers-metrics-address")]
     pub metrics_address: Option<SocketAddr>,
@@ -55,6 +73,14 @@ impl ControllerFlags {
         let mut opts = skiff_controllers::Options::new(&identity());
         opts.leader_elect = self.leader_elect;
         (opts.lease_duration, opts.renew_deadline, opts.retry_period) = (self.lease_duration, self.renew_deadline, self.retry_period);
+        opts.node_lifecycle = skiff_controllers::nodelifecycle::NodeLifecycleOptions {
+            monitor_period: self.node_monitor_period,
+            grace_period: self.node_monitor_grace_period,
+            eviction_rate: self.node_eviction_rate,
+            secondary_eviction_rate: self.secondary_node_eviction_rate,
+            large_cluster_threshold: self.large_cluster_size_threshold,
+            unhealthy_zone_threshold: self.unhealthy_zone_threshold,
+        };
         opts.node_ipam = skiff_controllers::nodeipam::NodeIpamOptions::new(&self.cluster_cidr, self.node_cidr_mask_size, service_cidr)
             .map_err(|e| anyhow::anyhow!("--cluster-cidr: {e}"))?;
         Ok(opts)

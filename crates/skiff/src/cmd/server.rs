@@ -42,6 +42,13 @@ pub struct ServerArgs {
     /// --default-watch-cache-size); older resumes get 410 Gone and relist.
     #[arg(long, default_value_t = skiff_apiserver::cache::DEFAULT_HISTORY)]
     pub watch_cache_size: usize,
+    /// tolerationSeconds the API server gives pods for the `node.kubernetes.io/not-ready` NoExecute
+    /// taint when they bring no toleration of their own (how long they stay on a not-ready node).
+    #[arg(long, default_value_t = 300)]
+    pub default_not_ready_toleration_seconds: i64,
+    /// Likewise for `node.kubernetes.io/unreachable`.
+    #[arg(long, default_value_t = 300)]
+    pub default_unreachable_toleration_seconds: i64,
     /// Do not run the embedded scheduler (run `skiff scheduler` elsewhere, or none).
     #[arg(long)]
     pub disable_scheduler: bool,
@@ -109,6 +116,10 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         secure_port: args.secure_port,
         service_cidr,
         watch_cache_size: args.watch_cache_size,
+        toleration_seconds: skiff_apiserver::strategy::DefaultTolerationSeconds {
+            not_ready: args.default_not_ready_toleration_seconds,
+            unreachable: args.default_unreachable_toleration_seconds,
+        },
     };
     let api = skiff_apiserver::Api::start(store.clone(), config, authn).await?;
     let router = skiff_apiserver::router(api.clone());

@@ -46,10 +46,12 @@ fn available(pods: &[Arc<Pod>]) -> usize {
         .count()
 }
 
-/// Watches `app=<app>` pods and records the lowest available count seen while armed.
+/// Watches `app=<app>` pods and records, while armed, the lowest available count and the highest
+/// number of pods not being deleted.
 struct MinAvailable {
     armed: Arc<AtomicBool>,
     min: Arc<AtomicUsize>,
+    max_live: Arc<AtomicUsize>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -58,22 +60,25 @@ impl MinAvailable {
         let client = s.kube_client().await;
         let api: Api<Pod> = Api::namespaced(client, "default");
         let (store, writer) = reflector::store();
-        let (armed, min) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicUsize::new(usize::MAX)));
-        let (a, m) = (armed.clone(), min.clone());
+        let (armed, min, max_live) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicUsize::new(usize::MAX)), Arc::new(AtomicUsize::new(0)));
+        let (a, m, x) = (armed.clone(), min.clone(), max_live.clone());
         let cfg = watcher::Config::default().labels(&format!("app={app}"));
         let task = tokio::spawn(async move {
             let mut events = std::pin::pin!(watcher(api, cfg).default_backoff().reflect(writer));
             while let Some(ev) = events.next().await {
                 if ev.is_ok() && a.load(Ordering::SeqCst) && store.wait_until_ready().await.is_ok() {
-                    m.fetch_min(available(&store.state()), Ordering::SeqCst);
+                    let state = store.state();
+                    m.fetch_min(available(&state), Ordering::SeqCst);
+                    x.fetch_max(state.iter().filter(|p| p.metadata.deletion_timestamp.is_none()).count(), Ordering::SeqCst);
                 }
             }
         });
-        MinAvailable { armed, min, task }
+        MinAvailable { armed, min, max_live, task }
     }
 
     fn arm(&self) {
         self.min.store(usize::MAX, Ordering::SeqCst);
+        self.max_live.store(0, Ordering::SeqCst);
         self.armed.store(true, Ordering::SeqCst);
     }
 
@@ -270,4 +275,40 @@ fn replicaset_adopts_orphans_replaces_deleted_pods_and_never_overcreates() {
         &["get", "events", "--field-selector", "involvedObject.name=rs,reason=SuccessfulDelete", "-o", "jsonpath={.items[*].message}"],
     );
     assert!(ev.contains("Deleted pod: "), "{ev}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restarting_the_controller_manager_mid_rollout_creates_no_extra_pods() {
+    let s = Server::start_with(&["--disable-controller-manager"]);
+    let kc = s.kubeconfig.to_string_lossy().into_owned();
+    let cm_args = ["controller-manager", "--kubeconfig", &kc, "--controllers-leader-elect=false"];
+    let mut cm = SkiffProc::start(&s, &cm_args, "cm-1.log");
+    // Pods take a moment to start, so the rollout is still going when the controllers restart.
+    let sim_args = ["sim", "--kubeconfig", &kc, "--nodes", "3", "--name-prefix", "sim-", "--run-delay-ms", "400"];
+    let _sim = SkiffProc::start(&s, &sim_args, "sim.log");
+    let k = KUBECTL_133;
+    wait_for("nodes", Duration::from_secs(30), || (s.ok(k, &["get", "nodes", "-o", "name"]).lines().count() == 3).then_some(()));
+    s.ok(k, &["create", "deployment", "web", "--image=busybox:1", "--replicas=10"]);
+    s.ok(k, &["patch", "deployment", "web", "-p", r#"{"spec":{"strategy":{"rollingUpdate":{"maxUnavailable":0,"maxSurge":2}}}}"#]);
+    rollout_status(&s, k, "deployment/web");
+
+    let watch = MinAvailable::start(&s, "web").await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    watch.arm();
+    s.ok(k, &["set", "image", "deployment/web", "busybox=busybox:2"]);
+    for i in 2..4 {
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        let _ = cm.0.kill();
+        let _ = cm.0.wait();
+        cm = SkiffProc::start(&s, &cm_args, &format!("cm-{i}.log"));
+    }
+    let out = rollout_status(&s, k, "deployment/web");
+    assert!(out.contains("successfully rolled out"), "{out}");
+    let (min, max) = (watch.disarm(), watch.max_live.load(Ordering::SeqCst));
+    assert!(min >= 10 && min != usize::MAX, "available dropped to {min}");
+    assert!(max <= 12, "{max} pods at once: more than replicas + maxSurge");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(running_pods(&s, "app=web"), 10);
+    assert_eq!(json(&s, k, &["get", "pods", "-l", "app=web"])["items"].as_array().unwrap().len(), 10, "no pod too many after settling");
+    drop(cm);
 }

@@ -77,3 +77,40 @@ fn dangling_owner_references_are_collected() {
     s.ok(K, &["delete", "configmap", "owner"]);
     wait_for("dependents collected", Duration::from_secs(20), || names(&s, "configmaps", "gc=test").is_empty().then_some(()));
 }
+
+#[test]
+fn deleting_a_namespace_with_500_mixed_objects_leaves_nothing() {
+    let s = Server::start_with(&["--disable-scheduler"]);
+    s.ok(K, &["create", "namespace", "big"]);
+    let mut docs = Vec::new();
+    for i in 0..200 {
+        docs.push(format!("apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: cm-{i}}}\ndata: {{k: v}}\n"));
+    }
+    for i in 0..100 {
+        docs.push(format!("apiVersion: v1\nkind: Secret\nmetadata: {{name: s-{i}}}\nstringData: {{k: v}}\n"));
+    }
+    for i in 0..50 {
+        docs.push(format!("apiVersion: v1\nkind: Service\nmetadata: {{name: svc-{i}}}\nspec: {{selector: {{app: d-{i}}}, ports: [{{port: 80}}]}}\n"));
+        docs.push(format!("apiVersion: v1\nkind: ServiceAccount\nmetadata: {{name: sa-{i}}}\n"));
+        docs.push(format!("apiVersion: coordination.k8s.io/v1\nkind: Lease\nmetadata: {{name: l-{i}}}\nspec: {{holderIdentity: x}}\n"));
+        docs.push(format!(
+            "apiVersion: apps/v1\nkind: Deployment\nmetadata: {{name: d-{i}}}\nspec:\n  replicas: 1\n  selector: {{matchLabels: {{app: d-{i}}}}}\n  \
+             template:\n    metadata: {{labels: {{app: d-{i}}}}}\n    spec: {{containers: [{{name: c, image: busybox}}]}}\n"
+        ));
+    }
+    assert_eq!(docs.len(), 500);
+    let out = s.kubectl_stdin(K, &["create", "-n", "big", "-f", "-"], Some(&docs.join("---\n")));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // The controllers add more: ReplicaSets, pods, Endpoints, EndpointSlices, the default account.
+    wait_for("50 pods", Duration::from_secs(60), || {
+        (s.ok(K, &["get", "pods", "-n", "big", "-o", "name"]).lines().count() == 50).then_some(())
+    });
+
+    s.ok(K, &["delete", "namespace", "big", "--timeout=120s"]);
+    assert!(!s.kubectl(K, &["get", "namespace", "big"]).status.success(), "the namespace is gone");
+    let kinds = s.ok(K, &["api-resources", "--namespaced", "--verbs=list", "-o", "name"]);
+    let kinds: Vec<&str> = kinds.lines().filter(|k| !k.is_empty()).collect();
+    assert!(kinds.len() > 10, "{kinds:?}");
+    let left = s.ok(K, &["get", &kinds.join(","), "-n", "big", "-o", "name", "--ignore-not-found"]);
+    assert!(left.trim().is_empty(), "left behind in a deleted namespace:\n{left}");
+}

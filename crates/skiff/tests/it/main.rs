@@ -10,6 +10,7 @@ mod gc;
 #[allow(dead_code)] // not every test uses every helper
 mod harness;
 mod kubectl;
+mod nodes;
 mod scheduler;
 mod sim;
 mod watcher;
