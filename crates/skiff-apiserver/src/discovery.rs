@@ -73,17 +73,34 @@ fn aggregated_resource(d: &Descriptor) -> Value {
     r
 }
 
+fn all_groups(api: &Api) -> Vec<(&'static str, Vec<&'static str>)> {
+    crate::review::with_review_groups(api.registry.groups())
+}
+
+fn aggregated_review(r: &crate::review::Review) -> Value {
+    json!({
+        "resource": r.plural,
+        "responseKind": {"group": r.group, "version": r.version, "kind": r.kind},
+        "scope": "Cluster",
+        "singularResource": r.singular,
+        "verbs": crate::review::Review::VERBS,
+    })
+}
+
 fn aggregated_list(api: &Api, version: &str, core: bool) -> Value {
-    let items: Vec<Value> = api
-        .registry
-        .groups()
+    let items: Vec<Value> = all_groups(api)
         .into_iter()
         .filter(|(g, _)| g.is_empty() == core)
         .map(|(g, versions)| {
             let versions: Vec<Value> = versions
                 .iter()
                 .map(|v| {
-                    let resources: Vec<Value> = api.registry.in_group_version(g, v).map(|d| aggregated_resource(d)).collect();
+                    let resources: Vec<Value> = api
+                        .registry
+                        .in_group_version(g, v)
+                        .map(|d| aggregated_resource(d))
+                        .chain(crate::review::in_group_version(g, v).map(aggregated_review))
+                        .collect();
                     json!({"version": v, "resources": resources, "freshness": "Current"})
                 })
                 .collect();
@@ -117,12 +134,12 @@ pub fn groups(api: &Arc<Api>, headers: &HeaderMap) -> ApiResult<Response> {
     if let Some(v) = aggregated_version(headers) {
         return Ok(aggregated_response(v, &aggregated_list(api, v, false)));
     }
-    let groups: Vec<Value> = api.registry.groups().into_iter().filter(|(g, _)| !g.is_empty()).map(|(g, vs)| group_doc(g, &vs)).collect();
+    let groups: Vec<Value> = all_groups(api).into_iter().filter(|(g, _)| !g.is_empty()).map(|(g, vs)| group_doc(g, &vs)).collect();
     Ok(json_value(StatusCode::OK, &json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": groups})))
 }
 
 pub fn group(api: &Arc<Api>, g: &str) -> ApiResult<Response> {
-    let (_, vs) = api.registry.groups().into_iter().find(|(x, _)| *x == g && !x.is_empty()).ok_or_else(ApiError::no_route)?;
+    let (_, vs) = all_groups(api).into_iter().find(|(x, _)| *x == g && !x.is_empty()).ok_or_else(ApiError::no_route)?;
     let mut doc = group_doc(g, &vs);
     doc["kind"] = json!("APIGroup");
     doc["apiVersion"] = json!("v1");
@@ -150,6 +167,9 @@ pub fn resource_list(api: &Arc<Api>, g: &str, v: &str) -> ApiResult<Response> {
             }
             resources.push(sr);
         }
+    }
+    for r in crate::review::in_group_version(g, v) {
+        resources.push(json!({"name": r.plural, "singularName": r.singular, "namespaced": false, "kind": r.kind, "verbs": crate::review::Review::VERBS}));
     }
     if resources.is_empty() {
         return Err(ApiError::no_route());

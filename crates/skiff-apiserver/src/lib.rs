@@ -22,10 +22,12 @@ pub mod discovery;
 pub mod fields;
 pub mod handler;
 pub mod openapi;
+pub mod openapi_schema;
 pub mod openapi_v2;
 pub mod patch;
 pub mod protobuf;
 pub mod registry;
+pub mod review;
 pub mod selector;
 pub mod server;
 pub mod status;
@@ -60,6 +62,8 @@ pub struct Api {
     pub env: strategy::Env,
     pub config: Config,
     pub authn: Option<Arc<dyn Authenticator>>,
+    /// OpenAPI documents, serialized on first request.
+    pub openapi: openapi_schema::Cache,
 }
 
 impl Api {
@@ -75,7 +79,7 @@ impl Api {
             priority_classes: Default::default(),
             toleration_seconds: config.toleration_seconds,
         };
-        let api = Arc::new(Api { registry, store, cache, env, config, authn });
+        let api = Arc::new(Api { registry, store, cache, env, config, authn, openapi: Default::default() });
         let weak = Arc::downgrade(&api);
         api.env.priority_classes.set_source(Arc::new(move || {
             let Some(api) = weak.upgrade() else { return Vec::new() };
@@ -161,16 +165,27 @@ async fn version() -> Response {
     handler::json_value(StatusCode::OK, &body)
 }
 
+// The first request builds the documents (all v3 ones take ~80 ms in a debug build): keep that
+// off the async workers. Serving an already built document is cheap either way.
+async fn off_worker(f: impl FnOnce() -> Response + Send + 'static) -> Response {
+    tokio::task::spawn_blocking(f).await.unwrap_or_else(|_| ApiError::internal("openapi document build panicked").into_response())
+}
+
 async fn openapi_v2(State(api): State<Arc<Api>>, headers: axum::http::HeaderMap) -> Response {
-    openapi_v2::serve(&api, &headers)
+    off_worker(move || openapi_v2::serve(&api, &headers)).await
 }
 
 async fn openapi_index(State(api): State<Arc<Api>>) -> Response {
-    openapi::index(&api).unwrap_or_else(IntoResponse::into_response)
+    off_worker(move || openapi::index(&api).unwrap_or_else(IntoResponse::into_response)).await
 }
 
-async fn openapi_gv(State(api): State<Arc<Api>>, axum::extract::Path(path): axum::extract::Path<String>) -> Response {
-    openapi::group_version(&api, &path).unwrap_or_else(IntoResponse::into_response)
+async fn openapi_gv(
+    State(api): State<Arc<Api>>,
+    axum::extract::Path(path): axum::extract::Path<String>,
+    uri: axum::http::Uri,
+    headers: axum::http::HeaderMap,
+) -> Response {
+    off_worker(move || openapi::group_version(&api, &path, uri.query(), &headers).unwrap_or_else(IntoResponse::into_response)).await
 }
 
 async fn api_fallback(State(api): State<Arc<Api>>, req: Request<Body>) -> Response {

@@ -76,14 +76,23 @@ pub async fn serve(api: Arc<Api>, req: Request<Body>) -> Response {
     let (parts, body) = req.into_parts();
     let params = Params::parse(parts.uri.query());
     let path = parts.uri.path().to_string();
-    let result = route(&api, &parts.method, &path, &parts.headers, params, body).await;
+    let user = parts.extensions.get::<crate::Identity>().and_then(|i| i.0.as_ref());
+    let result = route(&api, &parts.method, &path, &parts.headers, params, body, user).await;
     match result {
         Ok(r) => r,
         Err(e) => e.into_response(),
     }
 }
 
-async fn route(api: &Arc<Api>, method: &Method, path: &str, headers: &HeaderMap, params: Params, body: Body) -> ApiResult<Response> {
+async fn route(
+    api: &Arc<Api>,
+    method: &Method,
+    path: &str,
+    headers: &HeaderMap,
+    params: Params,
+    body: Body,
+    user: Option<&crate::UserInfo>,
+) -> ApiResult<Response> {
     let segs: Vec<&str> = path.trim_matches('/').split('/').filter(|s| !s.is_empty()).collect();
     let (group, version, rest) = match segs.as_slice() {
         ["api"] => return crate::discovery::core_versions(api, headers),
@@ -100,6 +109,14 @@ async fn route(api: &Arc<Api>, method: &Method, path: &str, headers: &HeaderMap,
         ["watch", tail @ ..] => (true, tail),
         _ => (false, rest),
     };
+    if let [plural] = rest
+        && let Some(review) = crate::review::find(group, version, plural)
+    {
+        return match *method {
+            Method::POST => crate::review::create(review, user, headers, &params, &read_body(body).await?),
+            ref m => Err(ApiError::method_not_allowed(m.as_str())),
+        };
+    }
     let target = resolve(api, group, version, rest)?;
     let is_watch = legacy_watch || params.flag("watch");
     match (method.clone(), target.name.is_some(), target.sub) {

@@ -8,7 +8,7 @@ use bytes::Bytes;
 use serde_json::{Value, json};
 
 use super::delete::{DeleteOptions, delete_one};
-use super::write::{FieldValidation, Outcome, Patcher, WriteMode, commit_update, read_current};
+use super::write::{Body, FieldValidation, Outcome, Patcher, WriteMode, commit_update, read_current};
 use super::{Params, Target, json_value};
 use crate::Api;
 use crate::body::{content_type, decode_object};
@@ -51,7 +51,7 @@ pub async fn update_scale(
     let patcher = if is_patch { Some(Patcher::new(&content_type(headers), &body)?) } else { None };
     let put_body = if is_patch { None } else { Some(decode_object(headers, &body)?) };
     let m = super::write::manager(headers, params, WriteMode::Main, Some("scale"));
-    let (outcome, _) = commit_update(api, t, WriteMode::Main, FieldValidation::Ignore, params.dry_run()?, Some(&m), |old| {
+    let (outcome, _) = commit_update(api, t, WriteMode::Main, FieldValidation::Ignore, Body::Object, params.dry_run()?, Some(&m), |old| {
         let current = scale_of(old);
         let scale = match (&patcher, &put_body) {
             (Some(p), _) => {
@@ -107,7 +107,7 @@ pub async fn bind(api: &Arc<Api>, t: &Target, headers: &HeaderMap, params: &Para
     if node.is_empty() {
         return Err(ApiError::invalid("", "Binding", t.name(), &[FieldError::required("target.name", "")]));
     }
-    commit_update(api, t, WriteMode::Whole, FieldValidation::Ignore, params.dry_run()?, None, |old| {
+    commit_update(api, t, WriteMode::Whole, FieldValidation::Ignore, Body::Object, params.dry_run()?, None, |old| {
         if old.get("metadata").and_then(|m| m.get("deletionTimestamp")).is_some() {
             return Err(ApiError::conflict("", "pods", t.name(), "pod is being deleted, cannot be assigned to a host"));
         }

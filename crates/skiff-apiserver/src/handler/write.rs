@@ -84,17 +84,27 @@ impl FieldValidation {
         }
     }
 
-    /// Turns unknown fields into an error (Strict) or warnings (Warn).
-    fn apply(self, unknown: &[String]) -> ApiResult<Vec<String>> {
+    /// Turns unknown fields into warnings (Warn) or, for Strict, the strict decoding error's text.
+    fn apply(self, unknown: &[String]) -> Result<Vec<String>, String> {
         if unknown.is_empty() || self == FieldValidation::Ignore {
             return Ok(Vec::new());
         }
         let msgs: Vec<String> = unknown.iter().map(|f| format!("unknown field \"{f}\"")).collect();
         match self {
-            FieldValidation::Strict => Err(ApiError::bad_request(format!("strict decoding error: {}", msgs.join(", ")))),
+            FieldValidation::Strict => Err(format!("strict decoding error: {}", msgs.join(", "))),
             _ => Ok(msgs),
         }
     }
+}
+
+/// What the client sent, which decides how upstream words a strict field validation failure: an
+/// object (create, update) "cannot be handled as a <Kind>" (400); a JSON/merge/strategic patch is
+/// a 422 on the `patch` field quoting the patched object; an apply configuration is a plain 400.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Body {
+    Object,
+    Apply,
+    Patch,
 }
 
 fn now_rfc3339() -> String {
@@ -146,14 +156,29 @@ fn invalid(desc: &Descriptor, name: &str, errs: Vec<FieldError>) -> ApiError {
 }
 
 /// Typed admission with the error mapping every write shares.
-fn admit(api: &Api, desc: &Descriptor, obj: Value, old: Option<&Value>, fv: FieldValidation) -> ApiResult<(Value, Vec<String>)> {
+fn admit(
+    api: &Api,
+    desc: &Descriptor,
+    obj: Value,
+    old: Option<&Value>,
+    fv: FieldValidation,
+    body: Body,
+) -> ApiResult<(Value, Vec<String>)> {
     let name = meta_str(&obj, "name").unwrap_or_default().to_string();
+    // Only a strict patch's failure quotes the patched object, so only then is it kept.
+    let patched = (fv == FieldValidation::Strict && body == Body::Patch).then(|| serde_json::to_string(&obj).unwrap_or_default());
     let admitted = desc.codec.admit(obj, old, &api.env).map_err(|e| match e {
         AdmitError::Decode(msg) => ApiError::bad_request(format!("error decoding {}: {msg}", desc.kind)),
         AdmitError::Invalid(errs) => invalid(desc, &name, errs),
         AdmitError::Api(e) => e,
     })?;
-    let warnings = fv.apply(&admitted.unknown_fields)?;
+    let warnings = fv.apply(&admitted.unknown_fields).map_err(|strict| match (body, patched) {
+        (Body::Patch, Some(patched)) => ApiError::invalid("", "", "", &[FieldError::invalid("patch", &Value::String(patched), &strict)]),
+        (Body::Object, _) => {
+            ApiError::bad_request(format!("{} in version \"{}\" cannot be handled as a {}: {strict}", desc.kind, desc.version, desc.kind))
+        }
+        _ => ApiError::bad_request(strict),
+    })?;
     let errs = validate_labels_annotations(admitted.object.get("metadata").unwrap_or(&Value::Null));
     if !errs.is_empty() {
         return Err(invalid(desc, &name, errs));
@@ -270,7 +295,7 @@ pub async fn prepare_create(
     if let Some(ns) = ns {
         check_namespace(api, desc, ns).await?;
     }
-    admit(api, desc, obj.take(), None, fv)
+    admit(api, desc, obj.take(), None, fv, Body::Object)
 }
 
 /// The create-if-absent transaction; returns the created object's JSON with its resourceVersion
@@ -332,6 +357,7 @@ pub async fn commit_update<F>(
     t: &Target,
     mode: WriteMode,
     fv: FieldValidation,
+    body: Body,
     dry_run: bool,
     manager: Option<&Manager>,
     mut mutate: F,
@@ -365,7 +391,8 @@ where
         merge_system_fields(desc, mode, &old, &mut new);
         // A server-authored change of an already admitted object (pods/binding) skips admission,
         // as upstream's binding storage does: nothing a client wrote needs decoding or defaulting.
-        let (mut admitted, warnings) = if mode == WriteMode::Whole { (new, Vec::new()) } else { admit(api, desc, new, Some(&old), fv)? };
+        let (mut admitted, warnings) =
+            if mode == WriteMode::Whole { (new, Vec::new()) } else { admit(api, desc, new, Some(&old), fv, body)? };
         if let Some(m) = manager
             && let Some(ty) = schema::root(&desc.api_version(), desc.kind)
         {
@@ -510,7 +537,7 @@ pub async fn update(api: &Arc<Api>, t: &Target, headers: &HeaderMap, params: &Pa
     let obj = decode_object(headers, &body)?;
     let fv = FieldValidation::parse(params)?;
     let m = manager(headers, params, mode, None);
-    let (outcome, warnings) = commit_update(api, t, mode, fv, params.dry_run()?, Some(&m), |_old| Ok(obj.clone())).await?;
+    let (outcome, warnings) = commit_update(api, t, mode, fv, Body::Object, params.dry_run()?, Some(&m), |_old| Ok(obj.clone())).await?;
     Ok(respond(outcome, &warnings))
 }
 
@@ -525,7 +552,7 @@ pub async fn patch(api: &Arc<Api>, t: &Target, headers: &HeaderMap, params: &Par
     }
     let patcher = Patcher::new(&ct, &body)?;
     let m = manager(headers, params, mode, None);
-    let (outcome, warnings) = commit_update(api, t, mode, fv, params.dry_run()?, Some(&m), |old| patcher.apply(old)).await?;
+    let (outcome, warnings) = commit_update(api, t, mode, fv, Body::Patch, params.dry_run()?, Some(&m), |old| patcher.apply(old)).await?;
     Ok(respond(outcome, &warnings))
 }
 
@@ -566,7 +593,7 @@ async fn server_side_apply(
     };
     let req = ApplyRequest { manager: &manager, api_version: &api_version, force, scope: scope(&t.desc, mode), subresource: sub };
     let dry_run = params.dry_run()?;
-    match commit_update(api, t, mode, fv, dry_run, None, |old| crate::fields::apply::apply(old, &config, ty, &req)).await {
+    match commit_update(api, t, mode, fv, Body::Apply, dry_run, None, |old| crate::fields::apply::apply(old, &config, ty, &req)).await {
         Ok((outcome, warnings)) => Ok(respond(outcome, &warnings)),
         Err(e) if e.code == 404 && mode == WriteMode::Main => {
             if let Some(n) = meta_str(&config, "name")

@@ -199,7 +199,14 @@ impl Strategy<Service> for ServiceStrategy {
         spec.session_affinity.get_or_insert_with(|| "None".into());
         for p in spec.ports.iter_mut().flatten() {
             p.protocol.get_or_insert_with(|| "TCP".into());
-            if p.target_port.is_none() {
+            // Upstream's fields are Go values where zero means unset; protobuf bodies (kubectl
+            // 1.33's `create service`) always carry them, e.g. `nodePort: 0`, `targetPort: 0`.
+            if p.node_port == Some(0) {
+                p.node_port = None;
+            }
+            if matches!(&p.target_port, None | Some(IntOrString::Int(0)))
+                || matches!(&p.target_port, Some(IntOrString::String(s)) if s.is_empty())
+            {
                 p.target_port = Some(IntOrString::Int(p.port));
             }
         }
@@ -350,5 +357,20 @@ mod tests {
         let p = a.allocate_node_port("ns/a", "f", Some(30080), &HashSet::new()).unwrap();
         assert!(a.allocate_node_port("ns/b", "f", Some(p), &HashSet::new()).unwrap_err().message.contains("already allocated"));
         assert!(a.allocate_node_port("ns/b", "f", Some(80), &HashSet::new()).is_err());
+    }
+
+    /// kubectl 1.33 posts `create service clusterip` as protobuf, which carries Go's zero values.
+    #[test]
+    fn zero_node_and_target_ports_mean_unset() {
+        let env = Env { services: ServiceAllocator::default(), priority_classes: Default::default(), toleration_seconds: Default::default() };
+        let mut svc: Service = serde_json::from_value(json!({
+            "metadata": {"name": "db", "namespace": "ns"},
+            "spec": {"type": "ClusterIP", "ports": [{"port": 5432, "targetPort": 0, "nodePort": 0}]},
+        }))
+        .unwrap();
+        assert!(ServiceStrategy.default(&mut svc, None, &env).is_ok());
+        let port = &svc.spec.as_ref().unwrap().ports.as_ref().unwrap()[0];
+        assert_eq!((port.node_port, port.target_port.clone()), (None, Some(IntOrString::Int(5432))));
+        assert!(ServiceStrategy.validate(&svc, None).is_empty());
     }
 }

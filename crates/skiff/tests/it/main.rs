@@ -6,6 +6,7 @@ mod badinput;
 mod crash;
 mod deployments;
 mod endpoints;
+mod explain;
 mod gc;
 #[allow(dead_code)] // not every test uses every helper
 mod harness;
@@ -13,4 +14,5 @@ mod kubectl;
 mod nodes;
 mod scheduler;
 mod sim;
+mod verbs;
 mod watcher;
