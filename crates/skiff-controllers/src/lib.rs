@@ -49,6 +49,8 @@ pub struct Options {
     pub node_ipam: nodeipam::NodeIpamOptions,
     /// Node health, taints and taint-based eviction.
     pub node_lifecycle: nodelifecycle::NodeLifecycleOptions,
+    /// When this turns true the controllers stop and the Lease is released.
+    pub shutdown: Option<tokio::sync::watch::Receiver<bool>>,
 }
 
 impl Options {
@@ -63,6 +65,7 @@ impl Options {
             metrics: Arc::new(Metrics::default()),
             node_ipam: nodeipam::NodeIpamOptions::default(),
             node_lifecycle: Default::default(),
+            shutdown: None,
         }
     }
 }
@@ -74,7 +77,13 @@ pub async fn run(client: Client, opts: Options) -> anyhow::Result<()> {
     if opts.leader_elect {
         let mut lease = skiff_lease::LeaseConfig::new("kube-system", "kube-controller-manager", &opts.identity);
         (lease.lease_duration, lease.renew_deadline, lease.retry) = (opts.lease_duration, opts.renew_deadline, opts.retry_period);
-        skiff_lease::run_as_leader(client.clone(), lease, work).await
+        let stop = async {
+            match opts.shutdown {
+                Some(rx) => skiff_lease::stopped(rx).await,
+                None => std::future::pending().await,
+            }
+        };
+        skiff_lease::run_as_leader_until(client.clone(), lease, work, stop).await
     } else {
         work().await
     }

@@ -88,7 +88,24 @@ where
     F: Fn() -> Fut,
     Fut: Future<Output = anyhow::Result<()>>,
 {
+    run_as_leader_until(client, cfg, work, std::future::pending()).await
+}
+
+/// [`run_as_leader`] until `shutdown` resolves; a leader then stops its work and releases the
+/// Lease (upstream's ReleaseOnCancel), so a standby or a restarted process takes over at once
+/// instead of waiting out the lease duration.
+pub async fn run_as_leader_until<F, Fut>(
+    client: kube::Client,
+    cfg: LeaseConfig,
+    work: F,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()>
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = anyhow::Result<()>>,
+{
     let api: Api<Lease> = Api::namespaced(client, &cfg.namespace);
+    let mut shutdown = std::pin::pin!(shutdown);
     loop {
         loop {
             match try_acquire_or_renew(&api, &cfg).await {
@@ -96,14 +113,46 @@ where
                 Ok(false) => {}
                 Err(e) => tracing::debug!(error = %e, "leader election: lease not acquired"),
             }
-            tokio::time::sleep(cfg.retry).await;
+            tokio::select! {
+                () = tokio::time::sleep(cfg.retry) => {}
+                () = &mut shutdown => return Ok(()),
+            }
         }
         tracing::info!(lease = %format!("{}/{}", cfg.namespace, cfg.name), identity = %cfg.identity, "became leader");
         tokio::select! {
             r = work() => return r,
             () = keep_renewing(&api, &cfg) => tracing::warn!(identity = %cfg.identity, "lost the lease; stopped leading"),
+            () = &mut shutdown => {
+                if let Err(e) = release(&api, &cfg).await {
+                    tracing::debug!(error = %e, "releasing the lease");
+                }
+                return Ok(());
+            }
         }
     }
+}
+
+/// Gives the Lease up if we hold it: no holder and a one-second duration, as upstream releases.
+pub async fn release(api: &Api<Lease>, cfg: &LeaseConfig) -> Result<(), kube::Error> {
+    let Some(mut lease) = api.get_opt(&cfg.name).await? else { return Ok(()) };
+    let Some(spec) = lease.spec.as_mut() else { return Ok(()) };
+    if spec.holder_identity.as_deref() != Some(cfg.identity.as_str()) {
+        return Ok(());
+    }
+    let now = MicroTime(Timestamp::now());
+    spec.holder_identity = None;
+    spec.lease_duration_seconds = Some(1);
+    spec.renew_time = Some(now.clone());
+    spec.acquire_time = Some(now);
+    api.replace(&cfg.name, &PostParams::default(), &lease).await?;
+    tracing::info!(lease = %format!("{}/{}", cfg.namespace, cfg.name), "released the lease");
+    Ok(())
+}
+
+/// Resolves once `rx` reports shutdown (or its sender is gone): the shutdown signal components
+/// embedded in one process share.
+pub async fn stopped(mut rx: tokio::sync::watch::Receiver<bool>) {
+    let _ = rx.wait_for(|s| *s).await;
 }
 
 /// Returns when the Lease could not be renewed within the renew deadline.

@@ -28,6 +28,8 @@ pub struct Options {
     pub lease_duration: std::time::Duration,
     pub renew_deadline: std::time::Duration,
     pub retry_period: std::time::Duration,
+    /// When this turns true the scheduler stops and the Lease is released.
+    pub shutdown: Option<tokio::sync::watch::Receiver<bool>>,
 }
 
 impl Options {
@@ -40,6 +42,7 @@ impl Options {
             lease_duration: lease.lease_duration,
             renew_deadline: lease.renew_deadline,
             retry_period: lease.retry,
+            shutdown: None,
         }
     }
 
@@ -53,7 +56,7 @@ impl Options {
 
 /// Runs the scheduler until the future is dropped.
 pub async fn run(client: kube::Client, opts: Options) -> anyhow::Result<()> {
-    let Options { profiles, identity, leader_elect, lease_duration, renew_deadline, retry_period } = opts;
+    let Options { profiles, identity, leader_elect, lease_duration, renew_deadline, retry_period, shutdown } = opts;
     let profiles = std::sync::Arc::new(profiles);
     let work = || {
         let (client, identity) = (client.clone(), identity.clone());
@@ -63,7 +66,13 @@ pub async fn run(client: kube::Client, opts: Options) -> anyhow::Result<()> {
     if leader_elect {
         let mut lease = leader::LeaseConfig::new("kube-system", "kube-scheduler", &identity);
         (lease.lease_duration, lease.renew_deadline, lease.retry) = (lease_duration, renew_deadline, retry_period);
-        leader::run_as_leader(client.clone(), lease, work).await
+        let stop = async {
+            match shutdown {
+                Some(rx) => leader::stopped(rx).await,
+                None => std::future::pending().await,
+            }
+        };
+        leader::run_as_leader_until(client.clone(), lease, work, stop).await
     } else {
         work().await
     }

@@ -5,6 +5,7 @@ use clap::{Args, Subcommand};
 
 mod api;
 mod apply;
+mod churn;
 mod client;
 mod etcd;
 mod scheduler;
@@ -22,6 +23,9 @@ pub enum BenchCommand {
     /// kubectl apply (client- and server-side) of a large manifest against kubectl create of the
     /// same file, and apply-patch vs merge-patch cost per request.
     Apply(apply::ApplyArgs),
+    /// Controller manager: N Deployments × R replicas on simulated nodes until all are available,
+    /// against the same number of bare pre-bound pods.
+    Churn(churn::ChurnArgs),
 }
 
 #[derive(Args, Debug)]
@@ -48,5 +52,6 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Api(args) => api::run(args).await,
         BenchCommand::Scheduler(args) => scheduler::run(args).await,
         BenchCommand::Apply(args) => apply::run(args).await,
+        BenchCommand::Churn(args) => churn::run(args).await,
     }
 }

@@ -74,7 +74,7 @@ async fn post_all(conn: &Connector, items: Vec<(String, Value)>) -> anyhow::Resu
     post_all_with(conn, items, CLIENTS).await
 }
 
-async fn post_all_with(conn: &Connector, items: Vec<(String, Value)>, clients: usize) -> anyhow::Result<()> {
+pub(super) async fn post_all_with(conn: &Connector, items: Vec<(String, Value)>, clients: usize) -> anyhow::Result<()> {
     let chunks: Vec<Vec<(String, Value)>> = {
         let per = items.len().div_ceil(clients).max(1);
         let mut it = items.into_iter();

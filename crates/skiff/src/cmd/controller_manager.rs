@@ -106,14 +106,22 @@ pub async fn serve_metrics(addr: SocketAddr, metrics: Arc<skiff_controllers::Met
 }
 
 pub async fn run(args: ControllerManagerArgs) -> anyhow::Result<()> {
-    let opts = args.common.options(None)?;
+    let mut opts = args.common.options(None)?;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    opts.shutdown = Some(stop_rx);
     if let Some(addr) = args.common.metrics_address {
         serve_metrics(addr, opts.metrics.clone()).await?;
     }
     let client = client_from_kubeconfig(&args.kubeconfig).await?;
     tracing::info!(identity = %opts.identity, "skiff controller-manager starting");
+    let mut run = std::pin::pin!(skiff_controllers::run(client, opts));
     tokio::select! {
-        r = skiff_controllers::run(client, opts) => r,
-        _ = shutdown_signal() => Ok(()),
+        r = &mut run => r,
+        _ = shutdown_signal() => {
+            // Give up the Lease so a standby takes over now, not after the lease duration.
+            let _ = stop_tx.send(true);
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(3), run).await;
+            Ok(())
+        }
     }
 }

@@ -72,9 +72,17 @@ pub async fn run(args: SchedulerArgs) -> anyhow::Result<()> {
     opts.retry_period = args.leader_elect_retry_period;
     let client = client_from_kubeconfig(&args.kubeconfig).await?;
     tracing::info!(identity = %opts.identity, "skiff scheduler starting");
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    opts.shutdown = Some(stop_rx);
+    let mut run = std::pin::pin!(skiff_scheduler::run(client, opts));
     tokio::select! {
-        r = skiff_scheduler::run(client, opts) => r,
-        _ = shutdown_signal() => Ok(()),
+        r = &mut run => r,
+        _ = shutdown_signal() => {
+            // Give up the Lease so a standby takes over now, not after the lease duration.
+            let _ = stop_tx.send(true);
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(3), run).await;
+            Ok(())
+        }
     }
 }
 

@@ -137,25 +137,30 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     if let Some(extra) = &args.write_kubeconfig {
         skiff_pki::write_admin_kubeconfig(extra, &url, &pki)?;
     }
-    if let Some(opts) = controller_opts {
+    // Embedded components stop and release their Leases when the server shuts down.
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut components = Vec::new();
+    if let Some(mut opts) = controller_opts {
+        opts.shutdown = Some(stop_rx.clone());
         if let Some(addr) = args.controllers.metrics_address {
             crate::cmd::controller_manager::serve_metrics(addr, opts.metrics.clone()).await?;
         }
         let client =
             crate::inprocess::client(router.clone(), "system:kube-controller-manager", &["system:masters"], "kube-controller-manager");
-        tokio::spawn(async move {
+        components.push(tokio::spawn(async move {
             if let Err(e) = skiff_controllers::run(client, opts).await {
                 tracing::error!(error = %e, "controller manager stopped");
             }
-        });
+        }));
     }
-    if let Some(opts) = scheduler_opts {
+    if let Some(mut opts) = scheduler_opts {
+        opts.shutdown = Some(stop_rx.clone());
         let client = crate::inprocess::client(router.clone(), "system:kube-scheduler", &[], "kube-scheduler");
-        tokio::spawn(async move {
+        components.push(tokio::spawn(async move {
             if let Err(e) = skiff_scheduler::run(client, opts).await {
                 tracing::error!(error = %e, "scheduler stopped");
             }
-        });
+        }));
     }
     if !args.disable_agent {
         tracing::warn!("the node agent is not built yet: running the control plane only");
@@ -169,8 +174,11 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
             _ = term.recv() => {},
         }
         tracing::info!("shutting down");
+        let _ = stop_tx.send(true);
     };
     skiff_apiserver::server::serve_tls(listener, pki.server_config()?, router, cert_identity, shutdown).await?;
+    // The in-process clients reach the router directly, so Lease releases still go through.
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(3), futures::future::join_all(components)).await;
     drop(api);
     Ok(())
 }
