@@ -11,6 +11,7 @@ mod gc;
 #[allow(dead_code)] // not every test uses every helper
 mod harness;
 mod kubectl;
+mod leases;
 mod nodes;
 mod scheduler;
 mod sim;
