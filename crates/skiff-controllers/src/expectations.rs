@@ -27,6 +27,15 @@ struct Entry {
 #[derive(Default)]
 pub struct Expectations {
     by_owner: Mutex<HashMap<String, Entry>>,
+    /// What the pod watch has shown so far: uid → controller uid, to tell a new pod from an
+    /// update (and a relist's survivors from what it dropped).
+    seen: Mutex<Seen>,
+}
+
+#[derive(Default)]
+struct Seen {
+    known: HashMap<String, Option<String>>,
+    relist: Option<Vec<Pod>>,
 }
 
 impl Expectations {
@@ -81,21 +90,52 @@ impl Expectations {
         self.by_owner.lock().unwrap().remove(owner_uid);
     }
 
-    /// Feeds one pod watch event, *before* the reflector applies it to `pods` (so "not in the
-    /// store yet" means the watch is showing us this pod for the first time).
-    pub fn observe(&self, event: &Event<Pod>, pods: &Store<Pod>) {
-        let (pod, deleted) = match event {
-            Event::Apply(p) | Event::InitApply(p) => (p, false),
-            Event::Delete(p) => (p, true),
-            Event::Init | Event::InitDone => return,
-        };
-        let Some(owner) = controller_ref(&pod.metadata) else { return };
-        let uid = pod.metadata.uid.as_deref().unwrap_or_default();
-        if !deleted && pods.get(&ObjectRef::from_obj(pod)).is_none_or(|old| old.metadata.uid.as_deref() != Some(uid)) {
-            self.creation_observed(&owner.uid);
+    /// Feeds one pod watch event *after* the reflector applied it to the cache, so an owner is
+    /// never reported satisfied while its new pods are still missing from the cache. During a
+    /// relist the cache only changes at `InitDone`, so the relisted pods are buffered until then;
+    /// a pod absent from the relist was deleted while the watch was down.
+    pub fn observe(&self, event: &Event<Pod>) {
+        let mut seen = self.seen.lock().unwrap();
+        match event {
+            Event::Apply(p) => self.present(&mut seen.known, p),
+            Event::Delete(p) => {
+                let uid = p.metadata.uid.clone().unwrap_or_default();
+                seen.known.remove(&uid);
+                if let Some(owner) = controller_ref(&p.metadata) {
+                    self.deletion_observed(&owner.uid, &uid);
+                }
+            }
+            Event::Init => seen.relist = Some(Vec::new()),
+            Event::InitApply(p) => seen.relist.get_or_insert_with(Vec::new).push(p.clone()),
+            Event::InitDone => {
+                let listed = seen.relist.take().unwrap_or_default();
+                let now: std::collections::HashSet<&str> = listed.iter().filter_map(|p| p.metadata.uid.as_deref()).collect();
+                let gone: Vec<(String, Option<String>)> =
+                    seen.known.iter().filter(|(u, _)| !now.contains(u.as_str())).map(|(u, o)| (u.clone(), o.clone())).collect();
+                for (uid, owner) in gone {
+                    seen.known.remove(&uid);
+                    if let Some(owner) = owner {
+                        self.deletion_observed(&owner, &uid);
+                    }
+                }
+                for p in &listed {
+                    self.present(&mut seen.known, p);
+                }
+            }
         }
-        if deleted || pod.metadata.deletion_timestamp.is_some() {
-            self.deletion_observed(&owner.uid, uid);
+    }
+
+    fn present(&self, known: &mut HashMap<String, Option<String>>, pod: &Pod) {
+        let uid = pod.metadata.uid.clone().unwrap_or_default();
+        let owner = controller_ref(&pod.metadata).map(|r| r.uid.clone());
+        let new = known.insert(uid.clone(), owner.clone()).is_none();
+        if let Some(owner) = owner {
+            if new {
+                self.creation_observed(&owner);
+            }
+            if pod.metadata.deletion_timestamp.is_some() {
+                self.deletion_observed(&owner, &uid);
+            }
         }
     }
 
@@ -129,13 +169,13 @@ mod tests {
         assert!(!exp.satisfied("rs1", &store));
         for name in ["a", "b"] {
             let ev = Event::Apply(owned(name));
-            exp.observe(&ev, &store);
             writer.apply_watcher_event(&ev);
+            exp.observe(&ev);
         }
         assert!(exp.satisfied("rs1", &store));
         // An update of a pod already in the cache is not a creation.
         exp.expect_creations("rs1", 1);
-        exp.observe(&Event::Apply(owned("a")), &store);
+        exp.observe(&Event::Apply(owned("a")));
         assert_eq!(exp.outstanding("rs1"), Some((1, 0)));
         exp.creation_observed("rs1"); // the create failed
         assert!(exp.satisfied("rs1", &store));
@@ -148,18 +188,36 @@ mod tests {
         let (a, b, c) = (owned("a"), owned("b"), owned("c"));
         for p in [&a, &b, &c] {
             writer.apply_watcher_event(&Event::Apply(p.clone()));
+            exp.observe(&Event::Apply(p.clone()));
         }
         exp.expect_deletions("rs1", &[&a, &b, &c]);
         assert!(!exp.satisfied("rs1", &store));
         let mut a2 = a.clone();
         a2.metadata.deletion_timestamp = Some(Time(jiff::Timestamp::now()));
-        exp.observe(&Event::Apply(a2), &store);
-        exp.observe(&Event::Delete(b.clone()), &store);
+        exp.observe(&Event::Apply(a2));
+        exp.observe(&Event::Delete(b.clone()));
         assert_eq!(exp.outstanding("rs1"), Some((0, 1)));
         // c vanished during a relist: the cache no longer has it.
         writer.apply_watcher_event(&Event::Init);
         writer.apply_watcher_event(&Event::InitApply(a.clone()));
         writer.apply_watcher_event(&Event::InitDone);
         assert!(exp.satisfied("rs1", &store));
+    }
+
+    #[test]
+    fn a_relist_counts_creations_only_once_the_cache_has_them() {
+        let (store, mut writer) = reflector::store::<Pod>();
+        let exp = Expectations::default();
+        exp.expect_creations("rs1", 2);
+        for ev in [Event::Init, Event::InitApply(owned("a")), Event::InitApply(owned("b"))] {
+            writer.apply_watcher_event(&ev);
+            exp.observe(&ev);
+        }
+        // The cache still lacks both pods: acting now would create them again.
+        assert!(!exp.satisfied("rs1", &store));
+        writer.apply_watcher_event(&Event::InitDone);
+        exp.observe(&Event::InitDone);
+        assert!(exp.satisfied("rs1", &store));
+        assert_eq!(store.state().len(), 2);
     }
 }

@@ -18,6 +18,7 @@ use tokio::sync::mpsc::{UnboundedSender, unbounded_channel};
 use tokio_stream::wrappers::UnboundedReceiverStream;
 
 type Tap<K> = Box<dyn Fn(&Event<K>, &Store<K>) + Send + Sync>;
+type AppliedTap<K> = Box<dyn Fn(&Event<K>) + Send + Sync>;
 
 pub struct Informer<K: Resource<DynamicType = ()> + Clone + 'static> {
     api: Api<K>,
@@ -25,6 +26,7 @@ pub struct Informer<K: Resource<DynamicType = ()> + Clone + 'static> {
     writer: Writer<K>,
     subscribers: Vec<UnboundedSender<K>>,
     taps: Vec<Tap<K>>,
+    applied: Vec<AppliedTap<K>>,
 }
 
 impl<K> Informer<K>
@@ -33,7 +35,7 @@ where
 {
     pub fn new(api: Api<K>) -> Informer<K> {
         let (store, writer) = reflector::store();
-        Informer { api, store, writer, subscribers: Vec::new(), taps: Vec::new() }
+        Informer { api, store, writer, subscribers: Vec::new(), taps: Vec::new(), applied: Vec::new() }
     }
 
     /// The shared cache; [`Store::wait_until_ready`] tells when the first list is in.
@@ -55,8 +57,14 @@ where
         self.taps.push(Box::new(f));
     }
 
+    /// Sees each event right *after* the store applied it (for expectations: once an owner's
+    /// writes are observed here, the cache already holds them).
+    pub fn tap_applied(&mut self, f: impl Fn(&Event<K>) + Send + Sync + 'static) {
+        self.applied.push(Box::new(f));
+    }
+
     pub async fn run(self) {
-        let Informer { api, store, writer, subscribers, taps } = self;
+        let Informer { api, store, writer, subscribers, taps, applied } = self;
         watch(api, watcher::Config::default())
             .default_backoff()
             .inspect(move |ev| {
@@ -67,6 +75,13 @@ where
                 }
             })
             .reflect(writer)
+            .inspect(move |ev| {
+                if let Ok(ev) = ev {
+                    for t in &applied {
+                        t(ev);
+                    }
+                }
+            })
             .touched_objects()
             .for_each(|obj| {
                 match obj {

@@ -16,20 +16,29 @@ use kube::api::Api;
 use kube::runtime::controller::Controller;
 use kube::runtime::watcher;
 
+pub mod claim;
+pub mod clock;
+pub mod cronjob;
+pub mod daemonset;
 pub mod deployment;
 pub mod endpoints;
 pub mod endpointslice;
 pub mod events;
 pub mod expectations;
 pub mod gc;
+pub mod history;
 pub mod informer;
+pub mod job;
 pub mod metrics;
 pub mod namespace;
 pub mod nodeipam;
 pub mod nodelifecycle;
+pub mod podgc;
 pub mod podutil;
 pub mod replicaset;
 pub mod serviceaccount;
+pub mod statefulset;
+pub mod ttl;
 
 use expectations::Expectations;
 use informer::Informer;
@@ -49,6 +58,10 @@ pub struct Options {
     pub node_ipam: nodeipam::NodeIpamOptions,
     /// Node health, taints and taint-based eviction.
     pub node_lifecycle: nodelifecycle::NodeLifecycleOptions,
+    /// The Job controller's pod-failure backoff.
+    pub job: job::JobOptions,
+    /// `--terminated-pod-gc-threshold` and the pod GC's timing.
+    pub pod_gc: podgc::PodGcOptions,
     /// When this turns true the controllers stop and the Lease is released.
     pub shutdown: Option<tokio::sync::watch::Receiver<bool>>,
 }
@@ -65,6 +78,8 @@ impl Options {
             metrics: Arc::new(Metrics::default()),
             node_ipam: nodeipam::NodeIpamOptions::default(),
             node_lifecycle: Default::default(),
+            job: Default::default(),
+            pod_gc: Default::default(),
             shutdown: None,
         }
     }
@@ -73,7 +88,8 @@ impl Options {
 /// Runs all controllers on `client` until dropped (or, with leader election, while leading).
 pub async fn run(client: Client, opts: Options) -> anyhow::Result<()> {
     let metrics = opts.metrics.clone();
-    let work = || run_controllers(client.clone(), metrics.clone(), opts.node_ipam.clone(), opts.node_lifecycle.clone());
+    let batch = (opts.job.clone(), opts.pod_gc.clone());
+    let work = || run_controllers(client.clone(), metrics.clone(), opts.node_ipam.clone(), opts.node_lifecycle.clone(), batch.clone());
     if opts.leader_elect {
         let mut lease = skiff_lease::LeaseConfig::new("kube-system", "kube-controller-manager", &opts.identity);
         (lease.lease_duration, lease.renew_deadline, lease.retry) = (opts.lease_duration, opts.renew_deadline, opts.retry_period);
@@ -94,11 +110,12 @@ async fn run_controllers(
     metrics: Arc<Metrics>,
     node_ipam: nodeipam::NodeIpamOptions,
     node_lifecycle: nodelifecycle::NodeLifecycleOptions,
+    (job_opts, pod_gc): (job::JobOptions, podgc::PodGcOptions),
 ) -> anyhow::Result<()> {
     let exp = Arc::new(Expectations::default());
     let mut pods = Informer::new(Api::<Pod>::all(client.clone()));
     let tap_exp = exp.clone();
-    pods.tap(move |ev, store| tap_exp.observe(ev, store));
+    pods.tap_applied(move |ev| tap_exp.observe(ev));
     let mut replicasets = Informer::new(Api::<ReplicaSet>::all(client.clone()));
 
     let rs_ctrl = Controller::for_stream(replicasets.subscribe(), replicasets.store());
@@ -112,9 +129,30 @@ async fn run_controllers(
     let (pods_ep, pods_eps) = (pods.subscribe(), pods.subscribe());
     let (services_ep, services_eps) = (services.subscribe(), services.subscribe());
     let (service_store, node_store) = (services.store(), nodes.store());
+    // DaemonSets and StatefulSets share one ControllerRevision watch; DaemonSets also follow nodes.
+    let mut revisions = Informer::new(Api::<k8s_openapi::api::apps::v1::ControllerRevision>::all(client.clone()));
+    let mut claims = Informer::new(Api::<k8s_openapi::api::core::v1::PersistentVolumeClaim>::all(client.clone()));
+    let ds_inputs = daemonset::Inputs::new(
+        (pod_store.clone(), pods.subscribe()),
+        (node_store.clone(), nodes.subscribe()),
+        (revisions.store(), revisions.subscribe()),
+        exp.clone(),
+    );
+    let sts_inputs = statefulset::Inputs::new(
+        (pod_store.clone(), pods.subscribe()),
+        (claims.store(), claims.subscribe()),
+        (revisions.store(), revisions.subscribe()),
+        exp.clone(),
+    );
+    // One Job watch for the Job, TTL-after-finished and CronJob controllers.
+    let mut jobs = Informer::new(Api::<k8s_openapi::api::batch::v1::Job>::all(client.clone()));
+    let job_inputs = job::Inputs::new(&mut jobs, &mut pods, exp.clone());
+    let (ttl_jobs, cronjob_jobs) = ((jobs.store(), jobs.subscribe()), (jobs.store(), jobs.subscribe()));
+    let (pod_gc_pods, pod_gc_nodes) = (pods.store(), nodes.store());
 
     tokio::join!(
         pods.run(),
+        jobs.run(),
         replicasets.run(),
         services.run(),
         nodes.run(),
@@ -128,6 +166,14 @@ async fn run_controllers(
         endpointslice::run(client.clone(), &metrics, (service_store, services_eps), (pod_store.clone(), pods_eps), node_store.clone()),
         nodelifecycle::run(client.clone(), &metrics, node_store, pod_store.clone(), node_lifecycle),
         ipam.run(client.clone(), &metrics),
+        revisions.run(),
+        claims.run(),
+        daemonset::run(client.clone(), &metrics, ds_inputs),
+        statefulset::run(client.clone(), &metrics, sts_inputs),
+        job::run(client.clone(), &metrics, job_inputs, clock::system(), job_opts),
+        ttl::run(client.clone(), &metrics, ttl_jobs, clock::system()),
+        cronjob::run(client.clone(), &metrics, cronjob_jobs, clock::system()),
+        podgc::run(client.clone(), &metrics, pod_gc_pods, pod_gc_nodes, pod_gc),
     );
     Ok(())
 }

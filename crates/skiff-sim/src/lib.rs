@@ -1,6 +1,6 @@
 //! skiff sim: thousands of simulated nodes in one process (the KWOK idea). To the cluster each one
 //! looks like a kubelet: a registered Ready Node, a Lease renewed every few seconds, and pods bound
-//! to it reported Running. Nothing runs; it is an API client only, for scale work on the control
+//! to it reported Running (and, when a pod asks with an annotation, exiting; see [`EXIT_AFTER_MS`]). Nothing runs; it is an API client only, for scale work on the control
 //! plane (scheduler, watch fan-out, controllers).
 //!
 //! Cost is per cluster, not per node: a node is an index (its name, addresses and objects are
@@ -29,7 +29,7 @@ pub use config::{MAX_NODES, NODE_STATUS_REPORT_FREQUENCY, SimConfig, parse_label
 pub use k8s_openapi::api::core::v1::Taint;
 pub use lease::NAMESPACE as LEASE_NAMESPACE;
 pub use node::{CONTAINER_RUNTIME_VERSION, KUBELET_VERSION, build_node, node_ip};
-pub use pods::running_status;
+pub use pods::{EXIT_AFTER_MS, EXIT_CODE, exited_status, running_status};
 
 static LEASE_ERRORS: errors::Throttle = errors::Throttle::new("lease renewal");
 static STATUS_ERRORS: errors::Throttle = errors::Throttle::new("node status report");

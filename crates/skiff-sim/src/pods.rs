@@ -1,9 +1,14 @@
 //! The kubelet's pod lifecycle, minus containers: one watch over all bound pods. A pod bound to
 //! one of our nodes is reported Running and Ready after `run_delay`; a pod being deleted
 //! gracefully is removed for good after the same delay (the kubelet's final
-//! `gracePeriodSeconds=0` delete once its containers stopped). Pods run until deleted, whatever
-//! their restartPolicy: nothing in a simulation ever exits. Resource requests are not checked
+//! `gracePeriodSeconds=0` delete once its containers stopped). Resource requests are not checked
 //! against the node's capacity (no OutOfcpu rejection); that is the scheduler's job here.
+//!
+//! Pods run until deleted, unless they ask to exit: with the annotation [`EXIT_AFTER_MS`] all
+//! containers exit that long after they started, with the code in [`EXIT_CODE`] (default 0).
+//! As with the kubelet's restartPolicy, the pod then ends Succeeded or Failed (Never; OnFailure
+//! with code 0), or its containers restart and run (and exit) again (Always; OnFailure with a
+//! non-zero code). That is what Jobs need to be exercised without a container runtime.
 
 use std::collections::HashSet;
 use std::net::Ipv4Addr;
@@ -32,6 +37,11 @@ static WATCH_ERRORS: Throttle = Throttle::new("pod watch");
 static STATUS_ERRORS: Throttle = Throttle::new("pod status update");
 static DELETE_ERRORS: Throttle = Throttle::new("pod delete");
 
+/// Pod annotation: milliseconds after its containers started that they exit.
+pub const EXIT_AFTER_MS: &str = "sim.skiff.dev/exit-after-ms";
+/// Pod annotation: the exit code of that exit (default 0).
+pub const EXIT_CODE: &str = "sim.skiff.dev/exit-code";
+
 /// Pods waiting for a worker; when full, the watch loop waits (the watch cache buffers for it, and
 /// a watcher that falls too far behind relists).
 const QUEUE: usize = 4096;
@@ -40,6 +50,8 @@ const QUEUE: usize = 4096;
 enum Op {
     Run,
     Delete,
+    /// The containers exit (see [`EXIT_AFTER_MS`]).
+    Exit,
 }
 
 struct Job {
@@ -47,6 +59,8 @@ struct Job {
     pod: Pod,
     node: usize,
     at: Instant,
+    /// For exits, the pod's restarts so far: the next exit after a restart is a new job.
+    generation: i32,
 }
 
 struct Pods {
@@ -54,9 +68,9 @@ struct Pods {
     cfg: Arc<SimConfig>,
     /// Per node, how many pod addresses it handed out (4 bytes a node).
     next_ip: Vec<AtomicU32>,
-    /// (pod uid, op) queued or being written, so watch events for the same pod in the meantime
-    /// (our own status write echoing back, a relist) do not queue it twice.
-    pending: Mutex<HashSet<(String, Op)>>,
+    /// (pod uid, op, generation) queued or being written, so watch events for the same pod in
+    /// the meantime (our own status write echoing back, a relist) do not queue it twice.
+    pending: Mutex<HashSet<(String, Op, i32)>>,
 }
 
 /// Watches bound pods until the process stops; never returns on its own.
@@ -68,6 +82,21 @@ pub async fn run(client: kube::Client, cfg: Arc<SimConfig>) -> anyhow::Result<()
         pending: Mutex::new(HashSet::new()),
     });
     let (tx, rx) = mpsc::channel::<Job>(QUEUE);
+    // Exits fall due at times of their own, so they wait apart from the queue above (which relies
+    // on arrival order being due order); the semaphore bounds their API writes instead.
+    let (exit_tx, exit_rx) = mpsc::unbounded_channel::<Job>();
+    let exits = {
+        let pods = pods.clone();
+        let writes = Arc::new(tokio::sync::Semaphore::new(cfg.concurrency));
+        futures::stream::unfold(exit_rx, |mut rx| async { rx.recv().await.map(|j| (j, rx)) }).for_each_concurrent(None, move |job| {
+            let (pods, writes) = (pods.clone(), writes.clone());
+            async move {
+                tokio::time::sleep_until(job.at).await;
+                let _permit = writes.acquire().await;
+                pods.execute(job).await;
+            }
+        })
+    };
     let workers = {
         let pods = pods.clone();
         // Jobs are queued in arrival order with one fixed delay, so they also become due in queue
@@ -87,9 +116,10 @@ pub async fn run(client: kube::Client, cfg: Arc<SimConfig>) -> anyhow::Result<()
         while let Some(event) = stream.next().await {
             match event {
                 Ok(Event::Apply(pod) | Event::InitApply(pod)) => {
-                    if let Some(job) = pods.classify(pod)
-                        && tx.send(job).await.is_err()
-                    {
+                    let Some(job) = pods.classify(pod) else { continue };
+                    if job.op == Op::Exit {
+                        let _ = exit_tx.send(job);
+                    } else if tx.send(job).await.is_err() {
                         break;
                     }
                 }
@@ -98,7 +128,7 @@ pub async fn run(client: kube::Client, cfg: Arc<SimConfig>) -> anyhow::Result<()
             }
         }
     };
-    tokio::join!(watch, workers);
+    tokio::join!(watch, workers, exits);
     anyhow::bail!("the pod watch ended")
 }
 
@@ -110,25 +140,27 @@ impl Pods {
     /// What this pod needs from us, if anything.
     fn classify(&self, pod: Pod) -> Option<Job> {
         let node = self.cfg.node_index(pod.spec.as_ref()?.node_name.as_deref()?)?;
-        let op = if pod.metadata.deletion_timestamp.is_some() {
-            Op::Delete
-        } else if matches!(phase(&pod), Some("Running" | "Succeeded" | "Failed")) {
+        let (op, at) = if pod.metadata.deletion_timestamp.is_some() {
+            // Containers take as long to stop as to start; one delay for both also keeps the
+            // queue in due order (see the workers in `run`).
+            (Op::Delete, Instant::now() + self.cfg.run_delay)
+        } else if phase(&pod) == Some("Running") {
+            (Op::Exit, exit_due(&pod)?)
+        } else if matches!(phase(&pod), Some("Succeeded" | "Failed")) {
             return None;
         } else {
-            Op::Run
+            (Op::Run, Instant::now() + self.cfg.run_delay)
         };
-        // Containers take as long to stop as to start; one delay for both also keeps the queue
-        // in due order (see the workers in `run`).
-        let at = Instant::now() + self.cfg.run_delay;
         let uid = pod.metadata.uid.clone()?;
-        if !self.pending.lock().expect("pending lock").insert((uid, op)) {
+        let generation = if op == Op::Exit { restarts(&pod) } else { 0 };
+        if !self.pending.lock().expect("pending lock").insert((uid, op, generation)) {
             return None;
         }
-        Some(Job { op, pod, node, at })
+        Some(Job { op, pod, node, at, generation })
     }
 
     async fn execute(&self, job: Job) {
-        let Job { op, pod, node, .. } = job;
+        let Job { op, pod, node, generation, .. } = job;
         let (ns, name, uid) = (
             pod.metadata.namespace.clone().unwrap_or_default(),
             pod.metadata.name.clone().unwrap_or_default(),
@@ -153,6 +185,16 @@ impl Pods {
                     Err(e) => STATUS_ERRORS.warn(&subject, &e),
                 }
             }
+            Op::Exit => {
+                let status = exited_status(&pod, exit_code(&pod), Timestamp::now());
+                let patch = Patch::Merge(Pod { status: Some(status), ..Default::default() });
+                let pp = PatchParams::default();
+                match with_retries(|| api.patch_status(&name, &pp, &patch)).await {
+                    Ok(_) => tracing::debug!(pod = %subject, "containers exited"),
+                    Err(e) if is_not_found(&e) => {}
+                    Err(e) => STATUS_ERRORS.warn(&subject, &e),
+                }
+            }
             Op::Delete => {
                 let dp = DeleteParams {
                     grace_period_seconds: Some(0),
@@ -167,7 +209,101 @@ impl Pods {
                 }
             }
         }
-        self.pending.lock().expect("pending lock").remove(&(uid, op));
+        self.pending.lock().expect("pending lock").remove(&(uid, op, generation));
+    }
+}
+
+fn restarts(pod: &Pod) -> i32 {
+    pod.status.as_ref().and_then(|s| s.container_statuses.as_ref()).map(|cs| cs.iter().map(|c| c.restart_count).sum()).unwrap_or(0)
+}
+
+fn exit_code(pod: &Pod) -> i32 {
+    pod.metadata.annotations.as_ref().and_then(|a| a.get(EXIT_CODE)).and_then(|v| v.parse().ok()).unwrap_or(0)
+}
+
+/// When a running pod that asked to exit (see [`EXIT_AFTER_MS`]) is due to: that long after its
+/// containers (last) started. `None` for pods that run until deleted.
+fn exit_due(pod: &Pod) -> Option<Instant> {
+    let after: u64 = pod.metadata.annotations.as_ref()?.get(EXIT_AFTER_MS)?.parse().ok()?;
+    let st = pod.status.as_ref()?;
+    let started = st
+        .container_statuses
+        .iter()
+        .flatten()
+        .filter_map(|c| c.state.as_ref()?.running.as_ref()?.started_at.as_ref())
+        .map(|t| t.0)
+        .max()
+        .or(st.start_time.as_ref().map(|t| t.0))?;
+    let due = started + jiff::SignedDuration::from_millis(after as i64);
+    let wait = due.duration_since(Timestamp::now());
+    Some(Instant::now() + if wait.is_negative() { std::time::Duration::ZERO } else { wait.unsigned_abs() })
+}
+
+/// The status after every container exited with `code`: terminal per the restartPolicy, or
+/// running again with one more restart.
+pub fn exited_status(pod: &Pod, code: i32, now: Timestamp) -> PodStatus {
+    let t = Time(now);
+    let policy = pod.spec.as_ref().and_then(|s| s.restart_policy.as_deref()).unwrap_or("Always");
+    let restart = match policy {
+        "Never" => false,
+        "OnFailure" => code != 0,
+        _ => true,
+    };
+    let old = pod.status.clone().unwrap_or_default();
+    let terminated = |c: &ContainerStatus| ContainerStateTerminated {
+        exit_code: code,
+        reason: Some(if code == 0 { "Completed" } else { "Error" }.into()),
+        started_at: c.state.as_ref().and_then(|s| s.running.as_ref()).and_then(|r| r.started_at.clone()),
+        finished_at: Some(t.clone()),
+        container_id: c.container_id.clone(),
+        ..Default::default()
+    };
+    let statuses: Vec<ContainerStatus> = old
+        .container_statuses
+        .iter()
+        .flatten()
+        .map(|c| {
+            if restart {
+                ContainerStatus {
+                    restart_count: c.restart_count + 1,
+                    last_state: Some(ContainerState { terminated: Some(terminated(c)), ..Default::default() }),
+                    state: Some(ContainerState {
+                        running: Some(ContainerStateRunning { started_at: Some(t.clone()) }),
+                        ..Default::default()
+                    }),
+                    ..c.clone()
+                }
+            } else {
+                ContainerStatus {
+                    ready: false,
+                    started: Some(false),
+                    state: Some(ContainerState { terminated: Some(terminated(c)), ..Default::default() }),
+                    ..c.clone()
+                }
+            }
+        })
+        .collect();
+    if restart {
+        return PodStatus { phase: Some("Running".into()), container_statuses: Some(statuses), ..Default::default() };
+    }
+    // As the kubelet reports a pod whose containers all terminated.
+    let conditions = old
+        .conditions
+        .unwrap_or_default()
+        .into_iter()
+        .map(|c| match c.type_.as_str() {
+            "Ready" | "ContainersReady" => {
+                PodCondition { status: "False".into(), reason: Some("PodCompleted".into()), last_transition_time: Some(t.clone()), ..c }
+            }
+            "PodReadyToStartContainers" => PodCondition { status: "False".into(), last_transition_time: Some(t.clone()), ..c },
+            _ => c,
+        })
+        .collect();
+    PodStatus {
+        phase: Some(if code == 0 { "Succeeded" } else { "Failed" }.into()),
+        conditions: Some(conditions),
+        container_statuses: Some(statuses),
+        ..Default::default()
     }
 }
 
@@ -296,5 +432,46 @@ mod tests {
         assert!(init[1].state.as_ref().unwrap().running.is_some(), "sidecar keeps running");
         // qosClass is absent, so the merge patch leaves the API server's value alone.
         assert!(s.qos_class.is_none());
+    }
+
+    #[test]
+    fn exits_end_the_pod_or_restart_its_containers_per_restart_policy() {
+        let running = |policy: &str| {
+            let mut p = pod(serde_json::json!({
+                "metadata": {"name": "p", "namespace": "default", "uid": "u1", "annotations": {EXIT_AFTER_MS: "10", EXIT_CODE: "3"}},
+                "spec": {"nodeName": "sim-0", "restartPolicy": policy, "containers": [{"name": "a", "image": "busybox"}]}
+            }));
+            p.status = Some(running_status(
+                &p,
+                "10.200.0.2".parse().unwrap(),
+                "100.64.1.7".parse().unwrap(),
+                "2025-01-01T00:00:00Z".parse().unwrap(),
+            ));
+            p
+        };
+        let now: Timestamp = "2025-01-01T00:00:01Z".parse().unwrap();
+        assert_eq!(exit_code(&running("Never")), 3);
+        assert!(exit_due(&running("Never")).is_some());
+        let failed = exited_status(&running("Never"), 3, now);
+        assert_eq!(failed.phase.as_deref(), Some("Failed"));
+        let term = failed.container_statuses.as_ref().unwrap()[0].state.as_ref().unwrap().terminated.clone().unwrap();
+        assert_eq!((term.exit_code, term.reason.as_deref()), (3, Some("Error")));
+        assert_eq!(term.started_at, Some(Time("2025-01-01T00:00:00Z".parse().unwrap())));
+        assert_eq!(term.finished_at, Some(Time(now)));
+        let ready = failed.conditions.as_ref().unwrap().iter().find(|c| c.type_ == "Ready").unwrap();
+        assert_eq!((ready.status.as_str(), ready.reason.as_deref()), ("False", Some("PodCompleted")));
+        assert_eq!(exited_status(&running("OnFailure"), 0, now).phase.as_deref(), Some("Succeeded"));
+        for policy in ["OnFailure", "Always"] {
+            let again = exited_status(&running(policy), 3, now);
+            assert_eq!(again.phase.as_deref(), Some("Running"), "{policy}");
+            let c = &again.container_statuses.as_ref().unwrap()[0];
+            assert_eq!(c.restart_count, 1);
+            assert_eq!(c.last_state.as_ref().unwrap().terminated.as_ref().unwrap().exit_code, 3);
+            assert_eq!(c.state.as_ref().unwrap().running.as_ref().unwrap().started_at, Some(Time(now)));
+            assert!(again.conditions.is_none(), "Ready stays as it was");
+        }
+        let mut forever = running("Never");
+        forever.metadata.annotations = None;
+        assert!(exit_due(&forever).is_none());
     }
 }

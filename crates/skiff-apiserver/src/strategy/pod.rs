@@ -271,7 +271,15 @@ mod tests {
     fn defaults_like_upstream() {
         let mut p = pod(json!([{"name": "c", "image": "busybox"}, {"name": "d", "image": "busybox:1.36"}]));
         PodStrategy
-            .default(&mut p, None, &crate::strategy::Env { services: Default::default(), priority_classes: Default::default(), toleration_seconds: Default::default() })
+            .default(
+                &mut p,
+                None,
+                &crate::strategy::Env {
+                    services: Default::default(),
+                    priority_classes: Default::default(),
+                    toleration_seconds: Default::default(),
+                },
+            )
             .unwrap();
         let spec = p.spec.as_ref().unwrap();
         assert_eq!(spec.containers[0].image_pull_policy.as_deref(), Some("Always"));

@@ -362,7 +362,8 @@ mod tests {
     /// kubectl 1.33 posts `create service clusterip` as protobuf, which carries Go's zero values.
     #[test]
     fn zero_node_and_target_ports_mean_unset() {
-        let env = Env { services: ServiceAllocator::default(), priority_classes: Default::default(), toleration_seconds: Default::default() };
+        let env =
+            Env { services: ServiceAllocator::default(), priority_classes: Default::default(), toleration_seconds: Default::default() };
         let mut svc: Service = serde_json::from_value(json!({
             "metadata": {"name": "db", "namespace": "ns"},
             "spec": {"type": "ClusterIP", "ports": [{"port": 5432, "targetPort": 0, "nodePort": 0}]},

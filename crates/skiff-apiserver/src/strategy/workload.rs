@@ -218,14 +218,16 @@ impl Strategy<Job> for JobStrategy {
         let uid = job.metadata.uid.clone().unwrap_or_default();
         let name = job.metadata.name.clone().unwrap_or_default();
         let spec = job.spec.get_or_insert_with(Default::default);
-        spec.parallelism.get_or_insert(1);
-        if spec.completions.is_none() && spec.parallelism == Some(1) {
+        // Both unset: one pod. Parallelism alone leaves completions unset (a work queue).
+        if spec.completions.is_none() && spec.parallelism.is_none() {
             spec.completions = Some(1);
         }
+        spec.parallelism.get_or_insert(1);
         spec.backoff_limit.get_or_insert(6);
         spec.completion_mode.get_or_insert_with(|| "NonIndexed".into());
         spec.suspend.get_or_insert(false);
-        spec.pod_replacement_policy.get_or_insert_with(|| "TerminatingOrFailed".into());
+        let replacement = if spec.pod_failure_policy.is_some() { "Failed" } else { "TerminatingOrFailed" };
+        spec.pod_replacement_policy.get_or_insert_with(|| replacement.into());
         if old.is_none() && spec.manual_selector != Some(true) {
             // Upstream generates a selector on the job's uid and stamps it into the template.
             let mut labels = BTreeMap::new();
@@ -251,6 +253,9 @@ impl Strategy<Job> for JobStrategy {
         non_negative(&mut errs, "spec.parallelism", spec.parallelism);
         non_negative(&mut errs, "spec.completions", spec.completions);
         non_negative(&mut errs, "spec.backoffLimit", spec.backoff_limit);
+        if spec.completion_mode.as_deref() == Some("Indexed") && spec.completions.is_none() {
+            errs.push(FieldError::required("spec.completions", "when completion mode is Indexed"));
+        }
         if let Some(old) = old.and_then(|o| o.spec.as_ref()) {
             immutable(&mut errs, "spec.selector", &spec.selector, &old.selector);
             immutable(&mut errs, "spec.completions", &spec.completions, &old.completions);

@@ -70,7 +70,9 @@ fn bare_pod(i: usize, nodes: usize) -> Value {
 
 fn available(d: &Deployment, want: usize) -> bool {
     let st = d.status.clone().unwrap_or_default();
-    st.available_replicas == Some(want as i32) && st.updated_replicas == Some(want as i32) && st.observed_generation >= d.metadata.generation
+    st.available_replicas == Some(want as i32)
+        && st.updated_replicas == Some(want as i32)
+        && st.observed_generation >= d.metadata.generation
 }
 
 /// Seconds from `t0` at which each of `n` Deployments became fully available.
@@ -80,7 +82,9 @@ async fn watch_deployments(api: Api<Deployment>, n: usize, want: usize, t0: Inst
     let mut events = std::pin::pin!(watcher(api, watcher::Config::default()).default_backoff().applied_objects());
     let deadline = tokio::time::Instant::now() + limit;
     while times.len() < n {
-        let ev = tokio::time::timeout_at(deadline, events.next()).await.map_err(|_| anyhow::anyhow!("{} of {n} Deployments available before the timeout", times.len()))?;
+        let ev = tokio::time::timeout_at(deadline, events.next())
+            .await
+            .map_err(|_| anyhow::anyhow!("{} of {n} Deployments available before the timeout", times.len()))?;
         let Some(Ok(d)) = ev else { continue };
         if available(&d, want) && ready.insert(d.metadata.name.clone().unwrap_or_default()) {
             times.push(t0.elapsed().as_secs_f64());
@@ -95,13 +99,25 @@ async fn watch_running(api: Api<Pod>, n: usize, t0: Instant, limit: Duration) ->
     let mut events = std::pin::pin!(watcher(api, watcher::Config::default()).default_backoff().applied_objects());
     let deadline = tokio::time::Instant::now() + limit;
     while running.len() < n {
-        let ev = tokio::time::timeout_at(deadline, events.next()).await.map_err(|_| anyhow::anyhow!("{} of {n} pods Running before the timeout", running.len()))?;
+        let ev = tokio::time::timeout_at(deadline, events.next())
+            .await
+            .map_err(|_| anyhow::anyhow!("{} of {n} pods Running before the timeout", running.len()))?;
         let Some(Ok(p)) = ev else { continue };
         if p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running") {
             running.insert(p.metadata.name.clone().unwrap_or_default());
         }
     }
     Ok(t0.elapsed().as_secs_f64())
+}
+
+/// utime + stime of a process, in seconds (clock ticks are 100 Hz on Linux).
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which may contain spaces) start after the last ')'.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    (ticks(11) + ticks(12)) / 100.0
 }
 
 pub async fn run(args: ChurnArgs) -> anyhow::Result<()> {
@@ -112,8 +128,17 @@ pub async fn run(args: ChurnArgs) -> anyhow::Result<()> {
 }
 
 async fn run_in(args: &ChurnArgs, tmp: &std::path::Path) -> anyhow::Result<()> {
-    let server = Server::start(tmp.join("skiff"), &[])?;
+    // The controller manager runs as its own process (as upstream's does) so its memory and CPU
+    // show apart from the API server's.
+    let server = Server::start(tmp.join("skiff"), &["--disable-controller-manager"])?;
     let kubeconfig = server.dir.join("kubeconfig.yaml");
+    let cm = Sim(Command::new(std::env::current_exe()?)
+        .args(["controller-manager", "--controllers-leader-elect=false", "--kubeconfig"])
+        .arg(&kubeconfig)
+        .env("SKIFF_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()?);
     let client = crate::cmd::scheduler::client_from_kubeconfig(&kubeconfig).await?;
     let conn = Connector::from_data_dir(&server.dir.join("tls"), format!("127.0.0.1:{}", server.port).parse()?)?;
     let sim = Sim(Command::new(std::env::current_exe()?)
@@ -139,7 +164,8 @@ async fn run_in(args: &ChurnArgs, tmp: &std::path::Path) -> anyhow::Result<()> {
     let t0 = Instant::now();
     let dwatch = tokio::spawn(watch_deployments(Api::namespaced(client.clone(), "churn"), args.deployments, args.replicas, t0, limit));
     let pwatch = tokio::spawn(watch_running(Api::namespaced(client.clone(), "churn"), total_pods, t0, limit));
-    let items = (0..args.deployments).map(|i| ("/apis/apps/v1/namespaces/churn/deployments".to_string(), deployment(i, args.replicas))).collect();
+    let items =
+        (0..args.deployments).map(|i| ("/apis/apps/v1/namespaces/churn/deployments".to_string(), deployment(i, args.replicas))).collect();
     post_all_with(&conn, items, args.clients).await?;
     let created = t0.elapsed().as_secs_f64();
     let mut ready = dwatch.await??;
@@ -147,7 +173,9 @@ async fn run_in(args: &ChurnArgs, tmp: &std::path::Path) -> anyhow::Result<()> {
     ready.sort_by(f64::total_cmp);
     let last = *ready.last().unwrap_or(&0.0);
     let median = ready[ready.len() / 2];
-    let (server_rss, sim_rss) = (rss_mib(server.child.id()), rss_mib(sim.0.id()));
+    let (server_rss, cm_rss, sim_rss) = (rss_mib(server.child.id()), rss_mib(cm.0.id()), rss_mib(sim.0.id()));
+    let cpu = |pid: u32| cpu_seconds(pid);
+    let (server_cpu, cm_cpu, sim_cpu) = (cpu(server.child.id()), cpu(cm.0.id()), cpu(sim.0.id()));
 
     let r0 = Instant::now();
     let rwatch = tokio::spawn(watch_running(Api::namespaced(client.clone(), "reference"), total_pods, r0, limit));
@@ -167,8 +195,11 @@ async fn run_in(args: &ChurnArgs, tmp: &std::path::Path) -> anyhow::Result<()> {
     println!("| Deployments available per second | {:.0} |", args.deployments as f64 / last);
     println!("| reference: {total_pods} bare pods, pre-bound, all Running | {reference:.1} s |");
     println!("| Deployments path / reference | {:.2}× |", all_running / reference);
-    println!("| server RSS (API server + controllers + scheduler) after the Deployments | {server_rss:.0} MiB |");
-    println!("| sim RSS | {sim_rss:.0} MiB |");
+    println!(
+        "| RSS after the Deployments: server (API + scheduler) / controller manager / sim | {server_rss:.0} / {cm_rss:.0} / {sim_rss:.0} MiB |"
+    );
+    println!("| CPU until then: server / controller manager / sim | {server_cpu:.1} / {cm_cpu:.1} / {sim_cpu:.1} s |");
     drop(sim);
+    drop(cm);
     Ok(())
 }

@@ -58,6 +58,23 @@ pub struct ControllerFlags {
     /// Share of not-ready nodes at which a zone counts as partially disrupted.
     #[arg(long, default_value_t = 0.55)]
     pub unhealthy_zone_threshold: f64,
+    /// Terminated (Succeeded/Failed) pods kept before the pod GC deletes the oldest; 0 keeps all.
+    #[arg(long, default_value_t = 12500)]
+    pub terminated_pod_gc_threshold: usize,
+    /// How often the pod GC runs (upstream fixes it at 20s).
+    #[arg(long, default_value = "20s", value_parser = parse_duration)]
+    pub pod_gc_period: std::time::Duration,
+    /// How long a node missing from the cache waits before the pod GC confirms it is gone and
+    /// deletes its pods (upstream fixes it at 40s).
+    #[arg(long, default_value = "40s", value_parser = parse_duration)]
+    pub pod_gc_quarantine: std::time::Duration,
+    /// Delay before a failed Job's pods are re-created, doubling per further failure (upstream
+    /// fixes it at 10s).
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub job_pod_failure_backoff: std::time::Duration,
+    /// Cap of that delay (upstream fixes it at 10m).
+    #[arg(long, default_value = "10m", value_parser = parse_duration)]
+    pub job_max_pod_failure_backoff: std::time::Duration,
     /// Serve the controllers' Prometheus metrics at http://ADDR/metrics (off when unset).
     #[arg(long = "controllers-metrics-address")]
     pub metrics_address: Option<SocketAddr>,
@@ -80,6 +97,15 @@ impl ControllerFlags {
             secondary_eviction_rate: self.secondary_node_eviction_rate,
             large_cluster_threshold: self.large_cluster_size_threshold,
             unhealthy_zone_threshold: self.unhealthy_zone_threshold,
+        };
+        opts.pod_gc = skiff_controllers::podgc::PodGcOptions {
+            terminated_pod_gc_threshold: self.terminated_pod_gc_threshold,
+            period: self.pod_gc_period,
+            quarantine: self.pod_gc_quarantine,
+        };
+        opts.job = skiff_controllers::job::JobOptions {
+            pod_failure_backoff: self.job_pod_failure_backoff,
+            max_pod_failure_backoff: self.job_max_pod_failure_backoff,
         };
         opts.node_ipam = skiff_controllers::nodeipam::NodeIpamOptions::new(&self.cluster_cidr, self.node_cidr_mask_size, service_cidr)
             .map_err(|e| anyhow::anyhow!("--cluster-cidr: {e}"))?;

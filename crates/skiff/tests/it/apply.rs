@@ -72,7 +72,7 @@ fn apply_flows(s: &Server, k: &str, ns: &str) {
     // Create a multi-document file, then re-apply it unchanged: nothing is written.
     let out = s.ok(k, &["-n", ns, "apply", "-f", &file]);
     assert_eq!(lines(&out), ["deployment.apps/web created", "service/web created"], "{out}");
-    let rv = get(s, k, ns, "deployment/web", "{.metadata.resourceVersion}");
+    let rv = settled_rv(s, k, ns, "deployment/web");
     let cluster_ip = get(s, k, ns, "service/web", "{.spec.clusterIP}");
     assert!(!cluster_ip.is_empty());
     let out = s.ok(k, &["-n", ns, "apply", "-f", &file]);
@@ -161,7 +161,7 @@ fn apply_flows(s: &Server, k: &str, ns: &str) {
     assert_eq!(get(s, k, ns, "deployment/web", "{.spec.replicas}"), "5");
 
     // Bad strategic patches: upstream's status codes and messages; nothing is written.
-    let rv = get(s, k, ns, "deployment/web", "{.metadata.resourceVersion}");
+    let rv = settled_rv(s, k, ns, "deployment/web");
     let err = s.fails(
         k,
         &[

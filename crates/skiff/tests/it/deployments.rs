@@ -60,7 +60,8 @@ impl MinAvailable {
         let client = s.kube_client().await;
         let api: Api<Pod> = Api::namespaced(client, "default");
         let (store, writer) = reflector::store();
-        let (armed, min, max_live) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicUsize::new(usize::MAX)), Arc::new(AtomicUsize::new(0)));
+        let (armed, min, max_live) =
+            (Arc::new(AtomicBool::new(false)), Arc::new(AtomicUsize::new(usize::MAX)), Arc::new(AtomicUsize::new(0)));
         let (a, m, x) = (armed.clone(), min.clone(), max_live.clone());
         let cfg = watcher::Config::default().labels(&format!("app={app}"));
         let task = tokio::spawn(async move {

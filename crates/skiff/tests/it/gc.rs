@@ -90,7 +90,9 @@ fn deleting_a_namespace_with_500_mixed_objects_leaves_nothing() {
         docs.push(format!("apiVersion: v1\nkind: Secret\nmetadata: {{name: s-{i}}}\nstringData: {{k: v}}\n"));
     }
     for i in 0..50 {
-        docs.push(format!("apiVersion: v1\nkind: Service\nmetadata: {{name: svc-{i}}}\nspec: {{selector: {{app: d-{i}}}, ports: [{{port: 80}}]}}\n"));
+        docs.push(format!(
+            "apiVersion: v1\nkind: Service\nmetadata: {{name: svc-{i}}}\nspec: {{selector: {{app: d-{i}}}, ports: [{{port: 80}}]}}\n"
+        ));
         docs.push(format!("apiVersion: v1\nkind: ServiceAccount\nmetadata: {{name: sa-{i}}}\n"));
         docs.push(format!("apiVersion: coordination.k8s.io/v1\nkind: Lease\nmetadata: {{name: l-{i}}}\nspec: {{holderIdentity: x}}\n"));
         docs.push(format!(

@@ -10,6 +10,7 @@ mod explain;
 mod gc;
 #[allow(dead_code)] // not every test uses every helper
 mod harness;
+mod jobs;
 mod kubectl;
 mod leases;
 mod nodes;
@@ -17,3 +18,4 @@ mod scheduler;
 mod sim;
 mod verbs;
 mod watcher;
+mod workloads;

@@ -48,7 +48,17 @@ fn pods_leave_a_node_that_stopped_reporting() {
     let on_dead = live_running(&pods(&s)).iter().filter(|n| n.as_str() == "dead-0").count();
     assert!(on_dead > 0, "the scheduler spreads pods over all three nodes");
     // Admission gave every pod the (shortened) default tolerations for the node taints.
-    let tol = s.ok(K, &["get", "pods", "-l", "app=web", "-o", "jsonpath={.items[0].spec.tolerations[?(@.key==\"node.kubernetes.io/unreachable\")].tolerationSeconds}"]);
+    let tol = s.ok(
+        K,
+        &[
+            "get",
+            "pods",
+            "-l",
+            "app=web",
+            "-o",
+            "jsonpath={.items[0].spec.tolerations[?(@.key==\"node.kubernetes.io/unreachable\")].tolerationSeconds}",
+        ],
+    );
     assert_eq!(tol, "2");
 
     // The node goes silent.
@@ -62,7 +72,10 @@ fn pods_leave_a_node_that_stopped_reporting() {
             .iter()
             .map(|t| (t["key"].as_str().unwrap_or("").to_string(), t["effect"].as_str().unwrap_or("").to_string()))
             .collect();
-        let want = [("node.kubernetes.io/unreachable".to_string(), "NoExecute".to_string()), ("node.kubernetes.io/unreachable".to_string(), "NoSchedule".to_string())];
+        let want = [
+            ("node.kubernetes.io/unreachable".to_string(), "NoExecute".to_string()),
+            ("node.kubernetes.io/unreachable".to_string(), "NoSchedule".to_string()),
+        ];
         (ready["status"] == "Unknown" && ready["reason"] == "NodeStatusUnknown" && want.iter().all(|w| taints.contains(w))).then_some(())
     });
     // Its pods are evicted and replaced on the live nodes.

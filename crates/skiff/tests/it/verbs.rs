@@ -21,6 +21,7 @@ fn jp(s: &Server, k: &str, ns: &str, what: &str, path: &str) -> String {
 }
 
 /// A core/v1 Event about an object, as a component would report it.
+#[allow(clippy::too_many_arguments)] // one Event's fields, spelled out at each call
 fn event_for(s: &Server, k: &str, ev_ns: &str, kind: &str, api_version: &str, name: &str, obj_ns: Option<&str>, uid: &str, reason: &str) {
     let ns_line = obj_ns.map(|n| format!(", namespace: {n}")).unwrap_or_default();
     let ev_name = format!("{name}.{}", reason.to_lowercase());
