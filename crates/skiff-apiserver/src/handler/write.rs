@@ -418,9 +418,8 @@ where
             set_rv(&mut admitted, resp.revision);
             return Ok((if finished { Outcome::Deleted(admitted) } else { Outcome::Updated(admitted) }, warnings));
         }
-        if pinned.is_some() {
-            return Err(ApiError::stale(desc.group, desc.plural, t.name()));
-        }
+        // Lost the race: read again. A resourceVersion the client pinned no longer matches then
+        // and ends in 409 above; one a patch merely carried over from the stored object follows it.
     }
     Err(ApiError::stale(desc.group, desc.plural, t.name()))
 }
