@@ -24,7 +24,7 @@ use futures::future::join_all;
 use jiff::Timestamp;
 use k8s_openapi::api::apps::v1::{ControllerRevision, DaemonSet, DaemonSetStatus};
 use k8s_openapi::api::core::v1::{
-    Affinity, Node, NodeAffinity, NodeSelector, NodeSelectorRequirement, NodeSelectorTerm, Pod, PodSpec, PodTemplateSpec, Taint, Toleration,
+    Affinity, Node, NodeAffinity, NodeSelector, NodeSelectorRequirement, NodeSelectorTerm, Pod, PodSpec, PodTemplateSpec, Toleration,
 };
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions};
 use kube::runtime::controller::{Action, Controller};
@@ -39,7 +39,7 @@ use crate::events::{Recorder, reference};
 use crate::expectations::Expectations;
 use crate::history::{self, REVISION_LABEL};
 use crate::metrics::{ControllerMetrics, Metrics};
-use crate::podutil::{self, PodSelector, controller_ref, is_available, is_ready, owner_ref, pod_from_template};
+use crate::podutil::{self, PodSelector, controller_ref, is_available, is_ready, owner_ref, pod_from_template, tolerates};
 
 const COMPONENT: &str = "daemonset-controller";
 /// Upstream's BurstReplicas for DaemonSets: at most this many creates (and deletes) per sync.
@@ -382,25 +382,6 @@ fn add_or_update_toleration(spec: &mut PodSpec, t: Toleration) {
     match tols.iter_mut().find(|o| same(o)) {
         Some(o) => *o = t,
         None => tols.push(t),
-    }
-}
-
-/// Upstream's ToleratesTaint: effect and key must match when set; Exists matches any value.
-pub fn tolerates(t: &Toleration, taint: &Taint) -> bool {
-    if let Some(e) = t.effect.as_deref().filter(|e| !e.is_empty())
-        && e != taint.effect
-    {
-        return false;
-    }
-    if let Some(k) = t.key.as_deref().filter(|k| !k.is_empty())
-        && k != taint.key
-    {
-        return false;
-    }
-    match t.operator.as_deref().unwrap_or("") {
-        "" | "Equal" => t.value.as_deref().unwrap_or_default() == taint.value.as_deref().unwrap_or_default(),
-        "Exists" => true,
-        _ => false,
     }
 }
 

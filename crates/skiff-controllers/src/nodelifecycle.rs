@@ -30,6 +30,7 @@ use serde_json::json;
 use crate::events::{Recorder, reference};
 use crate::informer::Informer;
 use crate::metrics::{ControllerMetrics, Metrics};
+use crate::podutil::tolerates;
 
 const COMPONENT: &str = "node-controller";
 const EVICTION_COMPONENT: &str = "taint-eviction-controller";
@@ -93,18 +94,6 @@ pub fn zone_state(total: usize, not_ready: usize, threshold: f64) -> ZoneState {
         ZoneState::PartialDisruption
     } else {
         ZoneState::Normal
-    }
-}
-
-/// Whether `t` tolerates `taint` (upstream's ToleratesTaint).
-pub fn tolerates(t: &Toleration, taint: &Taint) -> bool {
-    if t.effect.as_deref().is_some_and(|e| !e.is_empty() && e != taint.effect) {
-        return false;
-    }
-    let key = t.key.as_deref().unwrap_or("");
-    match t.operator.as_deref().unwrap_or("Equal") {
-        "Exists" => key.is_empty() || key == taint.key,
-        _ => key == taint.key && t.value.as_deref().unwrap_or("") == taint.value.as_deref().unwrap_or(""),
     }
 }
 

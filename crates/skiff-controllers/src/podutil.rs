@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 
 use jiff::{SignedDuration, Timestamp};
-use k8s_openapi::api::core::v1::{Pod, PodTemplateSpec};
+use k8s_openapi::api::core::v1::{Pod, PodTemplateSpec, Taint, Toleration};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use kube::core::{Selector, SelectorExt};
@@ -100,6 +100,25 @@ pub fn pod_from_template(template: &PodTemplateSpec, prefix: &str, namespace: &s
         },
         spec: template.spec.clone(),
         status: None,
+    }
+}
+
+/// Upstream's ToleratesTaint: effect and key must match when set; Exists matches any value.
+pub fn tolerates(t: &Toleration, taint: &Taint) -> bool {
+    if let Some(e) = t.effect.as_deref().filter(|e| !e.is_empty())
+        && e != taint.effect
+    {
+        return false;
+    }
+    if let Some(k) = t.key.as_deref().filter(|k| !k.is_empty())
+        && k != taint.key
+    {
+        return false;
+    }
+    match t.operator.as_deref().unwrap_or("") {
+        "" | "Equal" => t.value.as_deref().unwrap_or_default() == taint.value.as_deref().unwrap_or_default(),
+        "Exists" => true,
+        _ => false,
     }
 }
 
