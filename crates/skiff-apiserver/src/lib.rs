@@ -21,6 +21,7 @@ pub mod codec;
 pub mod discovery;
 pub mod fields;
 pub mod handler;
+pub mod kubelet;
 pub mod openapi;
 pub mod openapi_schema;
 pub mod openapi_v2;
@@ -52,6 +53,10 @@ pub struct Config {
     /// Events kept per resource in the watch cache for resuming watchers.
     pub watch_cache_size: usize,
     pub toleration_seconds: strategy::DefaultTolerationSeconds,
+    /// TLS for calls to kubelets (pods/log and the other node-proxied subresources): the API
+    /// server's kubelet-client certificate, trusting kubelet certificates from the cluster CA.
+    /// None: those subresources answer 503.
+    pub kubelet_tls: Option<std::sync::Arc<rustls::ClientConfig>>,
 }
 
 /// The API server's shared state.

@@ -11,11 +11,19 @@ use kube::api::{Api, PostParams};
 pub struct Recorder {
     client: kube::Client,
     component: &'static str,
+    host: Option<String>,
 }
 
 impl Recorder {
     pub fn new(client: kube::Client, component: &'static str) -> Recorder {
-        Recorder { client, component }
+        Recorder { client, component, host: None }
+    }
+
+    /// Events from a per-node component (the kubelet) name their node as `source.host`, which
+    /// `kubectl describe` shows in the From column.
+    pub fn on_host(mut self, host: &str) -> Recorder {
+        self.host = Some(host.into());
+        self
     }
 
     pub fn normal(&self, about: ObjectReference, reason: &str, message: String) {
@@ -39,7 +47,8 @@ impl Recorder {
             reason: Some(reason.into()),
             message: Some(message),
             type_: Some(type_.into()),
-            source: Some(EventSource { component: Some(self.component.into()), host: None }),
+            source: Some(EventSource { component: Some(self.component.into()), host: self.host.clone() }),
+            reporting_instance: self.host.clone(),
             reporting_component: Some(self.component.into()),
             first_timestamp: Some(Time(now)),
             last_timestamp: Some(Time(now)),

@@ -168,11 +168,11 @@ fn keep_private(path: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn ring() -> Arc<CryptoProvider> {
+pub(crate) fn ring() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-fn first_cert(pem: &str) -> anyhow::Result<CertificateDer<'static>> {
+pub(crate) fn first_cert(pem: &str) -> anyhow::Result<CertificateDer<'static>> {
     CertificateDer::from_pem_slice(pem.as_bytes()).map_err(|e| anyhow!("no PEM certificate: {e}"))
 }
 

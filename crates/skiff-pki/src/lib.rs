@@ -9,11 +9,13 @@ mod identity;
 mod kubeconfig;
 mod net;
 mod subject;
+mod tls;
 
 pub use ca::{ADMIN_VALIDITY, CA_VALIDITY, ClusterPki, PkiOptions, RENEW_BEFORE, SERVING_VALIDITY};
 pub use identity::{ALL_AUTHENTICATED, TokenAuthenticator, UserInfo, client_identity};
 pub use kubeconfig::{Credential, kubeconfig_yaml, write_admin_kubeconfig, write_kubeconfig};
 pub use net::{host_ips, host_ipv4};
+pub use tls::{mtls_client_config, mtls_server_config};
 
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -21,8 +21,10 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the control plane (API server + datastore; the agent comes later).
-    Server(cmd::server::ServerArgs),
+    /// Run the control plane (API server, datastore, controllers, scheduler) and a node agent.
+    Server(Box<cmd::server::ServerArgs>),
+    /// Run a node agent (kubelet role) against a cluster.
+    Agent(cmd::agent::AgentArgs),
     /// Run the scheduler on its own (leader-elected; the server embeds one by default).
     Scheduler(cmd::scheduler::SchedulerArgs),
     /// Run the controller manager on its own (leader-elected; the server embeds one by default).
@@ -66,9 +68,13 @@ fn main() -> anyhow::Result<()> {
             let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
             rt.block_on(cmd::sim::run(args))
         }
+        Command::Agent(args) => {
+            let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+            rt.block_on(cmd::agent::run(args))
+        }
         Command::Server(args) => {
             let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-            rt.block_on(cmd::server::run(args))
+            rt.block_on(cmd::server::run(*args))
         }
     }
 }

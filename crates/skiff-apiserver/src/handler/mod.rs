@@ -125,6 +125,7 @@ async fn route(
         (Method::GET, false, None) => read::list(api, &target, headers, &params).await,
         (Method::GET, true, None) => read::get(api, &target, headers, &params).await,
         (Method::GET, true, Some(Subresource::Scale)) => subresource::get_scale(api, &target).await,
+        (Method::GET, true, Some(Subresource::Log)) => crate::kubelet::pod_log(api, &target, &params).await,
         (Method::GET, true, Some(_)) => read::get(api, &target, headers, &params).await,
         (Method::POST, false, None) => write::create(api, &target, headers, &params, read_body(body).await?).await,
         (Method::POST, true, Some(Subresource::Binding)) => subresource::bind(api, &target, headers, &params, read_body(body).await?).await,

@@ -24,6 +24,8 @@ pub enum Subresource {
     Eviction,
     /// `namespaces/finalize`: writes only `spec.finalizers`.
     Finalize,
+    /// `pods/log`: the container's log, streamed from the pod's kubelet.
+    Log,
 }
 
 impl Subresource {
@@ -34,6 +36,7 @@ impl Subresource {
             Subresource::Binding => "binding",
             Subresource::Eviction => "eviction",
             Subresource::Finalize => "finalize",
+            Subresource::Log => "log",
         }
     }
     /// (kind, group, version, verbs) as discovery lists it.
@@ -46,6 +49,7 @@ impl Subresource {
             Subresource::Scale => ("Scale", "autoscaling", "v1", &["get", "patch", "update"]),
             Subresource::Binding => ("Binding", "", "v1", &["create"]),
             Subresource::Eviction => ("Eviction", "policy", "v1", &["create"]),
+            Subresource::Log => ("Pod", "", "", &["get"]),
         }
     }
 }

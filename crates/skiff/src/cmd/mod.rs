@@ -1,3 +1,4 @@
+pub mod agent;
 pub mod controller_manager;
 pub mod scheduler;
 pub mod server;

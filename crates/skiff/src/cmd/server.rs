@@ -60,9 +60,11 @@ pub struct ServerArgs {
     pub disable_controller_manager: bool,
     #[command(flatten)]
     pub controllers: crate::cmd::controller_manager::ControllerFlags,
-    /// Do not run the embedded node agent (accepted now; the agent is not built yet).
+    /// Do not run the embedded node agent (a control-plane-only server).
     #[arg(long)]
     pub disable_agent: bool,
+    #[command(flatten)]
+    pub agent: crate::cmd::agent::AgentFlags,
 }
 
 struct TokenFile(skiff_pki::TokenAuthenticator);
@@ -111,7 +113,13 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         Some(p) => Some(Arc::new(TokenFile(skiff_pki::TokenAuthenticator::load(p)?))),
         None => None,
     };
+    // The API server calls kubelets with its own client certificate; the embedded kubelet serves
+    // with a certificate from the same CA.
+    let year = std::time::Duration::from_secs(365 * 24 * 3600);
+    let (kc_cert, kc_key) = pki.issue_client_cert("kube-apiserver-kubelet-client", &["system:masters"], year)?;
+    let kubelet_tls = skiff_pki::mtls_client_config(pki.ca_pem(), &kc_cert, &kc_key)?;
     let config = skiff_apiserver::Config {
+        kubelet_tls: Some(kubelet_tls),
         advertise_address: advertise.to_string(),
         secure_port: args.secure_port,
         service_cidr,
@@ -163,7 +171,21 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         }));
     }
     if !args.disable_agent {
-        tracing::warn!("the node agent is not built yet: running the control plane only");
+        let mut cfg = args.agent.config(&args.data_dir.join("agent"), Some(advertise))?;
+        let sans = vec![cfg.node_ip.to_string(), cfg.node_name.clone()];
+        let (cert_pem, key_pem) = pki.issue_server_cert(&cfg.node_name, &sans, year)?;
+        cfg.serving = Some(skiff_kubelet::server::ServingTls { cert_pem, key_pem, client_ca_pem: pki.ca_pem().to_string() });
+        let user = format!("system:node:{}", cfg.node_name);
+        let client = crate::inprocess::client(router.clone(), &user, &["system:nodes"], "kubelet");
+        let mut stop = stop_rx.clone();
+        components.push(tokio::spawn(async move {
+            let stopped = async move {
+                let _ = stop.wait_for(|s| *s).await;
+            };
+            if let Err(e) = skiff_kubelet::run(client, cfg, stopped).await {
+                tracing::error!(error = format!("{e:#}"), "node agent stopped");
+            }
+        }));
     }
     tracing::info!(url = %url, kubeconfig = %kubeconfig.display(), "skiff API server ready in {} ms", started.elapsed().as_millis());
 

@@ -75,7 +75,7 @@ impl SimArgs {
 }
 
 /// A client from the kubeconfig (as kubectl would read it), and the URL it talks to.
-async fn client(kubeconfig: &std::path::Path, server: Option<&str>) -> anyhow::Result<(kube::Client, String)> {
+pub(crate) async fn client(kubeconfig: &std::path::Path, server: Option<&str>) -> anyhow::Result<(kube::Client, String)> {
     let kc =
         kube::config::Kubeconfig::read_from(kubeconfig).map_err(|e| anyhow::anyhow!("reading kubeconfig {}: {e}", kubeconfig.display()))?;
     let mut cfg = kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default()).await?;

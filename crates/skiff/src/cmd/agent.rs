@@ -1,0 +1,104 @@
+//! `skiff agent`: the node agent (kubelet role, `skiff_kubelet`) on its own, and the flags the
+//! agent embedded in `skiff server` shares with it.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+
+use clap::Args;
+use skiff_sim::Taint;
+
+/// Node flags, the same for `skiff agent` and the agent inside `skiff server`.
+#[derive(Args, Debug, Clone)]
+pub struct AgentFlags {
+    /// The Node's name (default: this host's name).
+    #[arg(long)]
+    pub node_name: Option<String>,
+    /// The Node's InternalIP (default: the server's advertise address, or this host's first IPv4).
+    #[arg(long)]
+    pub node_ip: Option<IpAddr>,
+    /// An existing CRI socket to use instead of starting containerd.
+    #[arg(long)]
+    pub container_runtime_endpoint: Option<PathBuf>,
+    /// Pods this node accepts (Node capacity `pods`).
+    #[arg(long, default_value_t = 110)]
+    pub max_pods: i64,
+    /// Resources kept for Kubernetes daemons: cpu=250m,memory=256Mi,ephemeral-storage=1Gi.
+    #[arg(long, default_value = "", value_parser = skiff_kubelet::parse_map)]
+    pub kube_reserved: BTreeMap<String, String>,
+    /// Resources kept for the operating system, same shape as --kube-reserved.
+    #[arg(long, default_value = "", value_parser = skiff_kubelet::parse_map)]
+    pub system_reserved: BTreeMap<String, String>,
+    /// Extra node labels: k=v,k2=v2.
+    #[arg(long, default_value = "", value_parser = skiff_sim::parse_labels)]
+    pub node_labels: BTreeMap<String, String>,
+    /// Node taints registered with the Node: key=value:NoSchedule,key:NoExecute.
+    #[arg(long, default_value = "", value_parser = skiff_sim::parse_taints)]
+    pub node_taints: ::std::vec::Vec<Taint>, // a whole list per flag
+    /// The cgroup the kubepods hierarchy is created under (cgroupfs path).
+    #[arg(long, default_value = "/")]
+    pub cgroup_root: String,
+    /// Where the CNI plugins are.
+    #[arg(long, default_value = "/usr/lib/cni")]
+    pub cni_bin_dir: PathBuf,
+    /// The resolver configuration pods inherit.
+    #[arg(long, default_value = "/etc/resolv.conf")]
+    pub resolv_conf: PathBuf,
+    /// The kubelet's HTTPS port (logs, and later exec/port-forward/stats).
+    #[arg(long, default_value_t = 10250)]
+    pub kubelet_port: u16,
+}
+
+impl AgentFlags {
+    pub fn config(&self, data_dir: &Path, default_ip: Option<IpAddr>) -> anyhow::Result<skiff_kubelet::Config> {
+        let name = match &self.node_name {
+            Some(n) => n.clone(),
+            None => hostname()?,
+        };
+        let ip = self
+            .node_ip
+            .or(default_ip.filter(|ip| !ip.is_unspecified() && !ip.is_loopback()))
+            .or_else(skiff_pki::host_ipv4)
+            .unwrap_or(IpAddr::from([127, 0, 0, 1]));
+        let mut c = skiff_kubelet::Config::new(&name, ip, data_dir.to_path_buf());
+        c.runtime_endpoint = self.container_runtime_endpoint.clone();
+        c.max_pods = self.max_pods;
+        c.kube_reserved = self.kube_reserved.clone();
+        c.system_reserved = self.system_reserved.clone();
+        c.node_labels = self.node_labels.clone();
+        c.node_taints = self.node_taints.clone();
+        c.cgroup_root = self.cgroup_root.clone();
+        c.cni_bin_dir = self.cni_bin_dir.clone();
+        c.resolv_conf = self.resolv_conf.clone();
+        c.kubelet_port = self.kubelet_port;
+        Ok(c)
+    }
+}
+
+/// The host name, lower-cased as a Node name must be.
+fn hostname() -> anyhow::Result<String> {
+    let h = std::fs::read_to_string("/proc/sys/kernel/hostname")?;
+    Ok(h.trim().to_lowercase())
+}
+
+#[derive(Args, Debug)]
+pub struct AgentArgs {
+    /// Kubeconfig with this node's credentials.
+    #[arg(long, env = "KUBECONFIG", default_value = "/etc/skiff/kubeconfig.yaml")]
+    pub kubeconfig: PathBuf,
+    /// API server URL, instead of the kubeconfig's.
+    #[arg(long)]
+    pub server: Option<String>,
+    /// Where the agent keeps containerd's state, CNI config and pod directories.
+    #[arg(long, default_value = "/var/lib/skiff/agent")]
+    pub data_dir: PathBuf,
+    #[command(flatten)]
+    pub node: AgentFlags,
+}
+
+pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
+    let (client, url) = crate::cmd::sim::client(&args.kubeconfig, args.server.as_deref()).await?;
+    let cfg = args.node.config(&args.data_dir, None)?;
+    tracing::info!(node = %cfg.node_name, server = %url, "skiff agent starting");
+    skiff_kubelet::run(client, cfg, crate::cmd::scheduler::shutdown_signal()).await
+}

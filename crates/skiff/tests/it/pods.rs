@@ -1,0 +1,336 @@
+//! Real containers: `skiff server` with its embedded agent, containerd and CNI, inside namespaces
+//! the test creates (see netns.rs). Containers report back through a hostPath directory the
+//! test reads, so these tests need nothing but the kubelet itself.
+
+use std::time::{Duration, Instant};
+
+use crate::harness::wait_for;
+use crate::netns::{BUSYBOX, Cluster};
+
+fn read(path: &std::path::Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_default()
+}
+
+#[test]
+fn deployment_pods_serve_http_on_their_pod_ips() {
+    let c = Cluster::start();
+    c.wait_jsonpath("node/node1", "{.status.conditions[?(@.type=='Ready')].status}", Duration::from_secs(30), |s| s == "True");
+    c.apply(&format!(
+        r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata: {{name: web}}
+spec:
+  replicas: 3
+  selector: {{matchLabels: {{app: web}}}}
+  template:
+    metadata: {{labels: {{app: web}}}}
+    spec:
+      containers:
+      - name: httpd
+        image: {BUSYBOX}
+        command: ["sh", "-c", "echo served-by-$(POD_NAME) > /tmp/index.html; exec httpd -f -p 8080 -h /tmp"]
+        env:
+        - name: POD_NAME
+          valueFrom: {{fieldRef: {{fieldPath: metadata.name}}}}
+        ports: [{{containerPort: 8080}}]
+"#
+    ));
+    c.wait_jsonpath("deployment/web", "{.status.availableReplicas}", Duration::from_secs(90), |s| s == "3");
+    let names = c.ok(&["get", "pods", "-l", "app=web", "-o", "jsonpath={range .items[*]}{.metadata.name} {.status.podIP}{\"\\n\"}{end}"]);
+    let pods: Vec<(&str, &str)> = names.lines().filter_map(|l| l.split_once(' ')).collect();
+    assert_eq!(pods.len(), 3, "{names}");
+    for (name, ip) in pods {
+        assert!(ip.starts_with("10.42."), "pod IP from the node's podCIDR: {ip}");
+        let body = wait_for("the pod's httpd", Duration::from_secs(20), || c.http_get(&format!("http://{ip}:8080/index.html")));
+        assert_eq!(body.trim(), format!("served-by-{name}"));
+    }
+    let wide = c.ok(&["get", "pods", "-o", "wide"]);
+    assert!(wide.contains("node1"), "{wide}");
+    let node = c.ok(&[
+        "get",
+        "node",
+        "node1",
+        "-o",
+        "jsonpath={.status.nodeInfo.containerRuntimeVersion} {.status.addresses[0].address} {.status.capacity.pods}",
+    ]);
+    assert!(node.starts_with("containerd://"), "{node}");
+    assert!(node.contains(crate::netns::NODE_IP) && node.ends_with(" 110"), "{node}");
+    let lease = c.ok(&["get", "lease", "-n", "kube-node-lease", "node1", "-o", "jsonpath={.spec.holderIdentity}"]);
+    assert_eq!(lease, "node1");
+}
+
+#[test]
+fn containers_get_env_volumes_init_order_restarts_and_graceful_stops() {
+    let c = Cluster::start();
+    let out = c.dir.join("out");
+    std::fs::create_dir_all(&out).unwrap();
+    let out_s = out.display().to_string();
+    c.apply(&format!(
+        r#"
+apiVersion: v1
+kind: Secret
+metadata: {{name: creds}}
+stringData: {{password: s3cret}}
+---
+apiVersion: v1
+kind: ConfigMap
+metadata: {{name: settings}}
+data: {{greeting: hello, MODE: fast}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: features}}
+spec:
+  terminationGracePeriodSeconds: 10
+  initContainers:
+  - name: first
+    image: {BUSYBOX}
+    command: ["sh", "-c", "echo first >> /out/order"]
+    volumeMounts: [{{name: out, mountPath: /out}}]
+  - name: second
+    image: {BUSYBOX}
+    command: ["sh", "-c", "echo second >> /out/order"]
+    volumeMounts: [{{name: out, mountPath: /out}}]
+  containers:
+  - name: main
+    image: {BUSYBOX}
+    command: ["sh", "-c"]
+    args:
+    - |
+      echo main >> /out/order
+      echo "$PASSWORD $MODE $(HOSTNAME_VAR)" > /out/env
+      cat /etc/hostname > /out/hostname
+      trap 'echo got-term > /out/term; exit 0' TERM
+      while true; do cat /cfg/greeting > /out/greeting.tmp; mv /out/greeting.tmp /out/greeting; sleep 1; done
+    env:
+    - name: PASSWORD
+      valueFrom: {{secretKeyRef: {{name: creds, key: password}}}}
+    - name: HOSTNAME_VAR
+      value: on-$(MODE)
+    envFrom:
+    - configMapRef: {{name: settings}}
+    volumeMounts:
+    - {{name: out, mountPath: /out}}
+    - {{name: cfg, mountPath: /cfg}}
+  volumes:
+  - name: out
+    hostPath: {{path: {out_s}, type: Directory}}
+  - name: cfg
+    configMap: {{name: settings}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: crasher}}
+spec:
+  containers:
+  - name: c
+    image: {BUSYBOX}
+    command: ["sh", "-c", "echo dying; exit 3"]
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: hog}}
+spec:
+  restartPolicy: Never
+  containers:
+  - name: c
+    image: {BUSYBOX}
+    command: ["sh", "-c", "tail /dev/zero"]
+    resources: {{limits: {{memory: 24Mi}}}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: noimage}}
+spec:
+  containers: [{{name: c, image: "127.0.0.1:5000/does-not-exist:1"}}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: nocommand}}
+spec:
+  containers: [{{name: c, image: {BUSYBOX}, command: ["/no/such/binary"]}}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: novolume}}
+spec:
+  containers: [{{name: c, image: {BUSYBOX}, command: ["sleep", "3600"], volumeMounts: [{{name: v, mountPath: /v}}]}}]
+  volumes: [{{name: v, configMap: {{name: missing-config}}}}]
+"#
+    ));
+    let t = Duration::from_secs(90);
+    c.wait_jsonpath("pod/features", "{.status.phase}", t, |s| s == "Running");
+    wait_for("the container's files", t, || (read(&out.join("greeting")).trim() == "hello").then_some(()));
+    assert_eq!(read(&out.join("order")), "first\nsecond\nmain\n", "init containers run in order, before the app container");
+    assert_eq!(read(&out.join("env")).trim(), "s3cret fast on-fast", "env from a secret, envFrom a configMap, $(VAR) expansion");
+    assert_eq!(read(&out.join("hostname")).trim(), "features");
+    let init = c.jsonpath("pod/features", "{.status.initContainerStatuses[*].state.terminated.reason}");
+    assert_eq!(init, "Completed Completed");
+
+    // A configMap volume follows updates (upstream's sync period is a minute; ours is shorter).
+    c.ok(&["patch", "configmap", "settings", "--type=merge", "-p", r#"{"data":{"greeting":"updated"}}"#]);
+    wait_for("the configMap update inside the pod", Duration::from_secs(60), || {
+        (read(&out.join("greeting")).trim() == "updated").then_some(())
+    });
+
+    // CrashLoopBackOff with growing delay and restart count.
+    let why = c.wait_jsonpath("pod/crasher", "{.status.containerStatuses[0].state.waiting.message}", t, |s| s.contains("back-off 20s"));
+    assert!(why.contains("restarting failed container=c pod=crasher_default("), "{why}");
+    assert_eq!(c.jsonpath("pod/crasher", "{.status.containerStatuses[0].state.waiting.reason}"), "CrashLoopBackOff");
+    assert_eq!(c.jsonpath("pod/crasher", "{.status.containerStatuses[0].lastState.terminated.exitCode}"), "3");
+    let restarts: i32 = c.jsonpath("pod/crasher", "{.status.containerStatuses[0].restartCount}").parse().unwrap();
+    assert!(restarts >= 2, "restartCount {restarts}");
+
+    // A memory hog is OOM-killed with that reason; restartPolicy Never makes the pod Failed.
+    c.wait_jsonpath("pod/hog", "{.status.phase}", t, |s| s == "Failed");
+    assert_eq!(c.jsonpath("pod/hog", "{.status.containerStatuses[0].state.terminated.reason}"), "OOMKilled");
+
+    // Bad input: clear reasons and events, and nothing else is disturbed.
+    c.wait_jsonpath("pod/noimage", "{.status.containerStatuses[0].state.waiting.reason}", t, |s| {
+        s == "ImagePullBackOff" || s == "ErrImagePull"
+    });
+    c.wait_jsonpath("pod/nocommand", "{.status.containerStatuses[0].lastState.terminated.reason}", t, |s| s == "StartError");
+    let events = c.ok(&["get", "events", "--field-selector", "involvedObject.name=novolume", "-o", "jsonpath={.items[*].message}"]);
+    let events = if events.contains("missing-config") {
+        events
+    } else {
+        wait_for("FailedMount", t, || {
+            let e = c.ok(&["get", "events", "--field-selector", "involvedObject.name=novolume", "-o", "jsonpath={.items[*].message}"]);
+            e.contains("missing-config").then_some(e)
+        })
+    };
+    assert!(events.contains("MountVolume.SetUp failed for volume \"v\" : configmap \"missing-config\" not found"), "{events}");
+    assert_eq!(c.jsonpath("pod/novolume", "{.status.containerStatuses[0].state.waiting.reason}"), "ContainerCreating");
+    let events = c.ok(&["get", "events", "--field-selector", "involvedObject.name=noimage", "-o", "jsonpath={.items[*].reason}"]);
+    assert!(events.contains("Failed") && events.contains("Pulling"), "{events}");
+    assert_eq!(c.jsonpath("pod/features", "{.status.containerStatuses[0].restartCount}"), "0");
+
+    // Graceful deletion: SIGTERM reaches the container, which exits; the object then goes.
+    c.ok(&["delete", "pod", "features", "--wait=true", "--timeout=60s"]);
+    assert_eq!(read(&out.join("term")).trim(), "got-term");
+}
+
+#[test]
+fn grace_period_is_honoured_and_a_restarted_agent_adopts_running_pods() {
+    let mut c = Cluster::start();
+    c.apply(&format!(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {{name: web}}
+spec:
+  containers:
+  - name: httpd
+    image: {BUSYBOX}
+    command: ["sh", "-c", "echo still-here > /tmp/index.html; exec httpd -f -p 8080 -h /tmp"]
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: stubborn}}
+spec:
+  terminationGracePeriodSeconds: 3
+  containers:
+  - name: c
+    image: {BUSYBOX}
+    command: ["sh", "-c", "trap '' TERM; while true; do sleep 1; done"]
+"#
+    ));
+    let t = Duration::from_secs(90);
+    c.wait_jsonpath("pod/web", "{.status.containerStatuses[0].ready}", t, |s| s == "true");
+    c.wait_jsonpath("pod/stubborn", "{.status.phase}", t, |s| s == "Running");
+    let ip = c.jsonpath("pod/web", "{.status.podIP}");
+    let id = c.jsonpath("pod/web", "{.status.containerStatuses[0].containerID}");
+    let url = format!("http://{ip}:8080/index.html");
+    assert_eq!(wait_for("httpd", Duration::from_secs(20), || c.http_get(&url)).trim(), "still-here");
+
+    // A container that ignores SIGTERM is killed when its grace period ends, not before.
+    let t0 = Instant::now();
+    c.ok(&["delete", "pod", "stubborn", "--wait=true", "--timeout=60s"]);
+    let took = t0.elapsed();
+    assert!(took >= Duration::from_secs(3), "deleted after {took:?}, before the 3 s grace period");
+    assert!(took < Duration::from_secs(30), "deleted after {took:?}");
+
+    // The control plane and agent die; the pod keeps serving.
+    c.kill_server();
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(c.http_get(&url).as_deref().map(str::trim), Some("still-here"), "pods keep running without the agent");
+
+    // A new agent adopts the running container instead of restarting it.
+    c.start_server();
+    c.wait_jsonpath("node/node1", "{.status.conditions[?(@.type=='Ready')].status}", t, |s| s == "True");
+    std::thread::sleep(Duration::from_secs(5));
+    assert_eq!(c.jsonpath("pod/web", "{.status.containerStatuses[0].containerID}"), id);
+    assert_eq!(c.jsonpath("pod/web", "{.status.containerStatuses[0].restartCount}"), "0");
+    assert_eq!(c.jsonpath("pod/web", "{.status.phase}"), "Running");
+    assert_eq!(c.http_get(&url).as_deref().map(str::trim), Some("still-here"));
+}
+
+#[test]
+fn kubectl_logs_reads_and_follows_container_output_through_the_kubelet() {
+    use crate::harness::{KUBECTL_127, KUBECTL_133};
+    let c = Cluster::start();
+    c.apply(&format!(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {{name: logger}}
+spec:
+  containers:
+  - name: main
+    image: {BUSYBOX}
+    command: ["sh", "-c", "echo one; echo two; echo three >&2; echo four; i=0; while true; do echo tick-$i; i=$((i+1)); sleep 1; done"]
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: twice}}
+spec:
+  restartPolicy: OnFailure
+  containers:
+  - name: a
+    image: {BUSYBOX}
+    command: ["sh", "-c", "echo attempt-output; sleep 1; exit 1"]
+  - name: b
+    image: {BUSYBOX}
+    command: ["sleep", "3600"]
+"#
+    ));
+    let t = Duration::from_secs(90);
+    c.wait_jsonpath("pod/logger", "{.status.phase}", t, |s| s == "Running");
+    for bin in [KUBECTL_127, KUBECTL_133] {
+        let all = wait_for("the first lines", t, || {
+            let out = c.kubectl_with(bin, &["logs", "logger"], None);
+            let s = String::from_utf8_lossy(&out.stdout).into_owned();
+            s.contains("tick-1").then_some(s)
+        });
+        // stdout and stderr are separate pipes: their relative order is not kept (upstream neither).
+        assert!(all.starts_with("one\ntwo\n"), "{bin}: {all}");
+        assert!(["three", "four", "tick-0"].iter().all(|l| all.lines().any(|x| x == *l)), "{bin}: {all}");
+        let tail = String::from_utf8_lossy(&c.kubectl_with(bin, &["logs", "logger", "--tail=1"], None).stdout).into_owned();
+        assert_eq!(tail.lines().count(), 1, "{tail}");
+        let ts = String::from_utf8_lossy(&c.kubectl_with(bin, &["logs", "logger", "--timestamps", "-c", "main", "--tail=2"], None).stdout)
+            .into_owned();
+        assert!(ts.lines().count() == 2 && ts.lines().all(|l| l.starts_with("20") && l.contains("Z ")), "{ts}");
+    }
+    // -f keeps streaming what the container writes after the request started.
+    let out =
+        c.in_ns(&["timeout", "4", KUBECTL_133, "--kubeconfig", &c.kubeconfig.display().to_string(), "logs", "-f", "logger", "--tail=1"]);
+    let followed = String::from_utf8_lossy(&out.stdout).into_owned();
+    let ticks: Vec<u32> = followed.lines().filter_map(|l| l.strip_prefix("tick-")?.parse().ok()).collect();
+    assert!(ticks.len() >= 3 && ticks.windows(2).all(|w| w[1] == w[0] + 1), "follow streamed {followed:?}");
+
+    // Two containers: the API wants one named (kubectl itself defaults to the first); --previous
+    // reads the last run of a restarted one.
+    let err = String::from_utf8_lossy(&c.kubectl(&["get", "--raw", "/api/v1/namespaces/default/pods/twice/log"]).stderr).into_owned();
+    assert!(err.contains("a container name must be specified for pod twice, choose one of: [a b]"), "{err}");
+    c.wait_jsonpath("pod/twice", "{.status.containerStatuses[?(@.name=='a')].restartCount}", t, |s| s.parse::<i32>().is_ok_and(|n| n >= 1));
+    for bin in [KUBECTL_127, KUBECTL_133] {
+        let prev = c.kubectl_with(bin, &["logs", "twice", "-c", "a", "--previous"], None);
+        assert!(prev.status.success(), "{}", String::from_utf8_lossy(&prev.stderr));
+        assert_eq!(String::from_utf8_lossy(&prev.stdout), "attempt-output\n");
+    }
+    let none = String::from_utf8_lossy(&c.kubectl(&["logs", "twice", "-c", "b", "--previous"]).stderr).into_owned();
+    assert!(none.contains("previous terminated container \"b\" in pod \"twice\" not found"), "{none}");
+    let bad = String::from_utf8_lossy(&c.kubectl(&["logs", "twice", "-c", "nope"]).stderr).into_owned();
+    assert!(bad.contains("container nope is not valid for pod twice"), "{bad}");
+}
