@@ -634,7 +634,12 @@ impl Worker {
         }
         let api: Api<Pod> = Api::namespaced(self.sh.client.clone(), pod.metadata.namespace.as_deref().unwrap_or("default"));
         let body = serde_json::json!({ "status": st });
-        api.patch_status(pod.metadata.name.as_deref().unwrap_or_default(), &PatchParams::default(), &Patch::Merge(&body)).await?;
+        match api.patch_status(pod.metadata.name.as_deref().unwrap_or_default(), &PatchParams::default(), &Patch::Merge(&body)).await {
+            Ok(_) => {}
+            // Deleted meanwhile (e.g. with grace 0): the watch's delete event ends this worker.
+            Err(kube::Error::Api(e)) if e.code == 404 => return Ok(()),
+            Err(e) => return Err(e.into()),
+        }
         self.posted = Some(st);
         Ok(())
     }

@@ -8,6 +8,8 @@ mod apply;
 mod churn;
 mod client;
 mod etcd;
+mod podstartup;
+mod sandbox;
 mod scheduler;
 mod server;
 mod stats;
@@ -26,6 +28,10 @@ pub enum BenchCommand {
     /// Controller manager: N Deployments × R replicas on simulated nodes until all are available,
     /// against the same number of bare pre-bound pods.
     Churn(churn::ChurnArgs),
+    /// Kubelet: pods one by one and many at once, create → Running seen by a watch, against the
+    /// raw CRI floor (RunPodSandbox + CreateContainer + StartContainer) in the same run; agent
+    /// idle RSS. Runs in its own network/PID/mount namespaces (root, containerd installed).
+    PodStartup(podstartup::PodStartupArgs),
 }
 
 #[derive(Args, Debug)]
@@ -53,5 +59,6 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Scheduler(args) => scheduler::run(args).await,
         BenchCommand::Apply(args) => apply::run(args).await,
         BenchCommand::Churn(args) => churn::run(args).await,
+        BenchCommand::PodStartup(args) => podstartup::run(args).await,
     }
 }
