@@ -58,14 +58,33 @@ pub fn pick_container(pod: &Value, requested: Option<&str>) -> ApiResult<String>
     }
 }
 
-/// `https://<InternalIP>:<kubelet port>` of a Node object.
-pub fn node_endpoint(node: &Value) -> Option<String> {
+/// Where a Node's kubelet listens: its InternalIP (else ExternalIP, Hostname) and kubelet port.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Endpoint {
+    pub host: String,
+    pub port: u16,
+}
+
+impl Endpoint {
+    pub fn url(&self) -> String {
+        if self.host.contains(':') {
+            format!("https://[{}]:{}", self.host, self.port)
+        } else {
+            format!("https://{}:{}", self.host, self.port)
+        }
+    }
+}
+
+pub fn node_endpoint(node: &Value) -> Option<Endpoint> {
     let addrs = node.pointer("/status/addresses").and_then(Value::as_array)?;
     let pick = |ty: &str| addrs.iter().find(|a| a.get("type").and_then(Value::as_str) == Some(ty)).and_then(|a| a.get("address")?.as_str());
     let host = pick("InternalIP").or_else(|| pick("ExternalIP")).or_else(|| pick("Hostname"))?;
-    let port = node.pointer("/status/daemonEndpoints/kubeletEndpoint/Port").and_then(Value::as_i64).filter(|p| *p > 0).unwrap_or(10250);
-    let host = if host.contains(':') { format!("[{host}]") } else { host.to_string() };
-    Some(format!("https://{host}:{port}"))
+    let port = node
+        .pointer("/status/daemonEndpoints/kubeletEndpoint/Port")
+        .and_then(Value::as_u64)
+        .filter(|p| *p > 0 && *p < 65536)
+        .unwrap_or(10250);
+    Some(Endpoint { host: host.to_string(), port: port as u16 })
 }
 
 async fn read_object(api: &Api, key: &str) -> Option<Value> {
@@ -73,8 +92,8 @@ async fn read_object(api: &Api, key: &str) -> Option<Value> {
     api.cache.cache(desc).get(key).map(|o| o.value())
 }
 
-/// The pod and the kubelet URL of its node.
-async fn locate(api: &Arc<Api>, t: &Target) -> ApiResult<(Value, String)> {
+/// The pod and the kubelet endpoint of its node.
+async fn locate(api: &Api, t: &Target) -> ApiResult<(Value, Endpoint)> {
     let pod = read_object(api, &t.key()).await.ok_or_else(|| ApiError::not_found(t.desc.group, t.desc.plural, t.name()))?;
     let node_name = pod.pointer("/spec/nodeName").and_then(Value::as_str).filter(|s| !s.is_empty());
     let Some(node_name) = node_name else {
@@ -105,8 +124,56 @@ pub async fn pod_log(api: &Arc<Api>, t: &Target, params: &Params) -> ApiResult<R
         }
     }
     let ns = t.namespace.as_deref().unwrap_or("default");
-    let url = format!("{base}/containerLogs/{ns}/{}/{container}?{}", t.name(), query.join("&"));
+    let url = format!("{}/containerLogs/{ns}/{}/{container}?{}", base.url(), t.name(), query.join("&"));
     proxy_get(api, &url, "text/plain").await
+}
+
+/// `pods/exec`, `pods/attach`, `pods/portforward` paths: (namespace, pod, subresource).
+pub fn stream_path(path: &str) -> Option<(&str, &str, &str)> {
+    let segs: Vec<&str> = path.trim_matches('/').split('/').collect();
+    match segs.as_slice() {
+        ["api", "v1", "namespaces", ns, "pods", name, sub @ ("exec" | "attach" | "portforward")] => Some((ns, name, sub)),
+        _ => None,
+    }
+}
+
+/// exec, attach and port-forward: the request (SPDY or WebSocket upgrade) goes to the pod's
+/// kubelet over mutual TLS and the upgraded connections are joined.
+pub async fn stream(api: &Api, req: axum::extract::Request) -> ApiResult<Response> {
+    let path = req.uri().path().to_string();
+    let (ns, name, sub) = stream_path(&path).ok_or_else(ApiError::no_route)?;
+    if req.method() != hyper::Method::GET && req.method() != hyper::Method::POST {
+        return Err(ApiError::method_not_allowed(req.method().as_str()));
+    }
+    let desc = api.registry.lookup("", "v1", "pods").ok_or_else(ApiError::no_route)?.clone();
+    let t = Target { desc, namespace: Some(ns.to_string()), name: Some(name.to_string()), sub: None };
+    let (pod, ep) = locate(api, &t).await?;
+    let query = req.uri().query().unwrap_or_default().to_string();
+    let params = Params::parse(Some(&query));
+    let target = match sub {
+        "portforward" => format!("/portForward/{ns}/{name}?{query}"),
+        _ => {
+            let container = pick_container(&pod, params.get("container"))?;
+            let verb = if sub == "exec" { "exec" } else { "attach" };
+            if verb == "exec" && params.get("command").is_none() {
+                return Err(ApiError::bad_request("you must specify at least 1 command"));
+            }
+            format!("/{verb}/{ns}/{name}/{container}?{query}")
+        }
+    };
+    let tls =
+        api.config.kubelet_tls.clone().ok_or_else(|| ApiError::service_unavailable("this API server has no kubelet client credentials"))?;
+    let tcp = tokio::time::timeout(std::time::Duration::from_secs(10), tokio::net::TcpStream::connect((ep.host.as_str(), ep.port)))
+        .await
+        .map_err(|_| ApiError::service_unavailable(format!("the kubelet at {} did not answer in 10 s", ep.url())))?
+        .map_err(|e| ApiError::service_unavailable(format!("calling the kubelet at {}: {e}", ep.url())))?;
+    let server_name = rustls::pki_types::ServerName::try_from(ep.host.clone()).map_err(|e| ApiError::internal(e.to_string()))?;
+    let conn = tokio_rustls::TlsConnector::from(tls)
+        .connect(server_name, tcp)
+        .await
+        .map_err(|e| ApiError::service_unavailable(format!("TLS to the kubelet at {}: {e}", ep.url())))?;
+    let host = format!("{}:{}", ep.host, ep.port);
+    crate::upgrade::forward(req, conn, &host, &target).await.map_err(ApiError::service_unavailable)
 }
 
 fn urlencode(s: &str) -> String {
@@ -178,7 +245,7 @@ mod tests {
     #[test]
     fn node_endpoints() {
         let n = json!({"status": {"addresses": [{"type": "Hostname", "address": "n1"}, {"type": "InternalIP", "address": "10.0.0.5"}], "daemonEndpoints": {"kubeletEndpoint": {"Port": 10250}}}});
-        assert_eq!(node_endpoint(&n).unwrap(), "https://10.0.0.5:10250");
+        assert_eq!(node_endpoint(&n).unwrap().url(), "https://10.0.0.5:10250");
         assert!(node_endpoint(&json!({})).is_none());
         assert_eq!(urlencode("2026-01-01T00:00:00Z"), "2026-01-01T00%3A00%3A00Z");
     }

@@ -73,6 +73,10 @@ impl Params {
 
 /// Entry point for every `/api/...` and `/apis/...` request.
 pub async fn serve(api: Arc<Api>, req: Request<Body>) -> Response {
+    // exec/attach/portforward keep the whole request: its connection may be upgraded.
+    if crate::kubelet::stream_path(req.uri().path()).is_some() {
+        return crate::kubelet::stream(&api, req).await.unwrap_or_else(|e| e.into_response());
+    }
     let (parts, body) = req.into_parts();
     let params = Params::parse(parts.uri.query());
     let path = parts.uri.path().to_string();

@@ -105,7 +105,7 @@ pub fn descriptors() -> Vec<Descriptor> {
         res::<core::v1::Pod, _>("pods", "pod", "/registry/pods/", PodStrategy)
             .short(&["po"])
             .all()
-            .subs(&[Status, Binding, Eviction, Log])
+            .subs(&[Status, Binding, Eviction, Log, Exec, Attach, PortForward])
             .generation()
             .fields(&[
                 "spec.nodeName",

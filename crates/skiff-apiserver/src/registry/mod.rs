@@ -26,6 +26,11 @@ pub enum Subresource {
     Finalize,
     /// `pods/log`: the container's log, streamed from the pod's kubelet.
     Log,
+    /// `pods/exec`, `pods/attach`, `pods/portforward`: upgraded streams to the pod's kubelet
+    /// (served before routing, see `kubelet::stream`; listed here for discovery).
+    Exec,
+    Attach,
+    PortForward,
 }
 
 impl Subresource {
@@ -37,6 +42,9 @@ impl Subresource {
             Subresource::Eviction => "eviction",
             Subresource::Finalize => "finalize",
             Subresource::Log => "log",
+            Subresource::Exec => "exec",
+            Subresource::Attach => "attach",
+            Subresource::PortForward => "portforward",
         }
     }
     /// (kind, group, version, verbs) as discovery lists it.
@@ -50,6 +58,9 @@ impl Subresource {
             Subresource::Binding => ("Binding", "", "v1", &["create"]),
             Subresource::Eviction => ("Eviction", "policy", "v1", &["create"]),
             Subresource::Log => ("Pod", "", "", &["get"]),
+            Subresource::Exec => ("PodExecOptions", "", "v1", &["create", "get"]),
+            Subresource::Attach => ("PodAttachOptions", "", "v1", &["create", "get"]),
+            Subresource::PortForward => ("PodPortForwardOptions", "", "v1", &["create", "get"]),
         }
     }
 }

@@ -334,3 +334,71 @@ spec:
     let bad = String::from_utf8_lossy(&c.kubectl(&["logs", "twice", "-c", "nope"]).stderr).into_owned();
     assert!(bad.contains("container nope is not valid for pod twice"), "{bad}");
 }
+
+#[test]
+fn exec_cp_and_port_forward_stream_through_the_api_server_and_kubelet() {
+    use crate::harness::{KUBECTL_127, KUBECTL_133};
+    let c = Cluster::start();
+    c.apply(&format!(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {{name: box}}
+spec:
+  containers:
+  - name: web
+    image: {BUSYBOX}
+    command: ["sh", "-c", "echo forwarded-page > /tmp/index.html; exec httpd -f -p 8080 -h /tmp"]
+"#
+    ));
+    c.wait_jsonpath("pod/box", "{.status.containerStatuses[0].ready}", Duration::from_secs(90), |s| s == "true");
+    let kc = c.kubeconfig.display().to_string();
+    for (i, bin) in [KUBECTL_127, KUBECTL_133].into_iter().enumerate() {
+        let run = |args: &[&str], stdin: Option<&str>| c.kubectl_with(bin, args, stdin);
+        let out = run(&["exec", "box", "--", "cat", "/etc/hostname"], None);
+        assert!(out.status.success(), "{bin} exec: {}", String::from_utf8_lossy(&out.stderr));
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "box\n");
+        let out = run(&["exec", "box", "--", "sh", "-c", "echo to-stderr >&2; exit 7"], None);
+        assert_eq!(out.status.code(), Some(7), "{bin}: the command's exit code comes back");
+        assert!(String::from_utf8_lossy(&out.stderr).contains("to-stderr"), "{bin}");
+        let out = run(&["exec", "-i", "box", "--", "sh", "-c", "tr a-z A-Z"], Some("from stdin\n"));
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "FROM STDIN\n", "{bin}: {}", String::from_utf8_lossy(&out.stderr));
+
+        // -it through a real pty (script(1) gives kubectl a terminal).
+        let cmd = format!("{bin} --kubeconfig {kc} exec -it box -- sh -c 'tty; echo done'");
+        let out = c.in_ns(&["script", "-qec", &cmd, "/dev/null"]);
+        let tty = String::from_utf8_lossy(&out.stdout).replace('\r', "");
+        assert!(tty.contains("/dev/pts/") && tty.contains("done"), "{bin} exec -it: {tty:?} {}", String::from_utf8_lossy(&out.stderr));
+
+        // kubectl cp both ways (tar over exec).
+        let local = c.dir.join(format!("cp-{i}.txt"));
+        std::fs::write(&local, format!("copied by {bin}\n")).unwrap();
+        let dest = format!("box:/tmp/cp-{i}.txt");
+        let out = run(&["cp", &local.display().to_string(), &dest], None);
+        assert!(out.status.success(), "{bin} cp to: {}", String::from_utf8_lossy(&out.stderr));
+        let inside = run(&["exec", "box", "--", "cat", &format!("/tmp/cp-{i}.txt")], None);
+        assert_eq!(String::from_utf8_lossy(&inside.stdout), format!("copied by {bin}\n"));
+        let back = c.dir.join(format!("back-{i}.html"));
+        let out = run(&["cp", "box:/tmp/index.html", &back.display().to_string()], None);
+        assert!(out.status.success(), "{bin} cp from: {}", String::from_utf8_lossy(&out.stderr));
+        assert_eq!(std::fs::read_to_string(&back).unwrap(), "forwarded-page\n");
+
+        // port-forward, then a request through it.
+        let port = 18080 + i as u16;
+        let mut pf = std::process::Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{}", c.ns))
+            .args(["--", bin, "--kubeconfig", &kc, "port-forward", "pod/box", &format!("{port}:8080")])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let page =
+            wait_for("a page through port-forward", Duration::from_secs(20), || c.http_get(&format!("http://127.0.0.1:{port}/index.html")));
+        // nsenter execs kubectl in place (no new PID namespace), so this PID is kubectl's.
+        let _ = pf.kill();
+        let _ = pf.wait();
+        assert_eq!(page, "forwarded-page\n", "{bin} port-forward");
+    }
+    let err = String::from_utf8_lossy(&c.kubectl(&["exec", "box", "-c", "nope", "--", "true"]).stderr).into_owned();
+    assert!(err.contains("container nope is not valid for pod box"), "{err}");
+}
