@@ -19,6 +19,7 @@ use crate::cri::Cri;
 
 pub mod env;
 pub mod images;
+pub mod probes;
 pub mod spec;
 pub mod status;
 pub mod volumes;

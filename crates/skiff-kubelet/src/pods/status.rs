@@ -24,6 +24,8 @@ pub struct ContainerView {
     pub waiting: Option<(String, String)>,
     pub restart_count: i32,
     pub ready: bool,
+    /// Running and past its startup probe (upstream's `started`).
+    pub started: bool,
     /// The termination message of `current` / `previous` (read from the message file).
     pub message: Option<String>,
     pub previous_message: Option<String>,
@@ -79,7 +81,7 @@ pub fn container_status(v: &ContainerView) -> ContainerStatus {
         }
         _ => (waiting("ContainerCreating", None), None),
     };
-    let started = v.current.as_ref().map(is_running);
+    let started = v.current.as_ref().map(|c| is_running(c) && v.started);
     ContainerStatus {
         name: v.name.clone(),
         image: v.image.clone(),

@@ -14,6 +14,7 @@ use kube::api::{Api, DeleteParams, Patch, PatchParams, Preconditions};
 use tokio::sync::watch;
 
 use super::env::{self, Runtime, Sources};
+use super::probes::{self, Action, Kind};
 use super::status::{self, ContainerView, is_exited, is_running};
 use super::{Shared, images, spec, volumes};
 use crate::cri::Cri;
@@ -77,6 +78,8 @@ pub struct Worker {
     volumes: Option<(HashMap<String, PathBuf>, Instant)>,
     last: Option<Arc<Pod>>,
     announced: HashSet<String>,
+    /// Probe history per (container id, probe kind).
+    probes: HashMap<(String, Kind), probes::State>,
 }
 
 /// Where a container goes: its sandbox, the pod's volumes, the pod's runtime facts.
@@ -109,6 +112,7 @@ impl Worker {
             volumes: None,
             last: None,
             announced: HashSet::new(),
+            probes: HashMap::new(),
         }
     }
 
@@ -259,7 +263,7 @@ impl Worker {
                                 "Killing",
                                 format!("Container {} definition changed, will be restarted", c.name),
                             );
-                            let _ = self.sh.cri.stop_container(&s.status.id, grace_of(pod)).await;
+                            self.kill(pod, Some(c), &s.status.id, grace_of(pod), &pod_ip).await;
                             let attempt = s.attempt + 1;
                             self.start(pod, c, false, attempt, &at, &mut sources).await;
                         }
@@ -282,9 +286,80 @@ impl Worker {
                 }
             }
         }
-        let seen = self.seen(&sandbox_id).await?;
+        let mut seen = self.seen(&sandbox_id).await?;
+        if init_done {
+            let (killed, wait) = self.probe(pod, &spec.containers, &seen, &pod_ip).await;
+            next = next.min(wait);
+            if killed {
+                seen = self.seen(&sandbox_id).await?;
+            }
+        }
         self.report(pod, Some(&seen), Some(&pod_ip), &policy).await?;
         Ok(Some(next))
+    }
+
+    /// Runs the probes that are due for the running app containers. A failed startup or
+    /// liveness verdict kills the container (the next sync restarts it per restartPolicy).
+    /// Returns whether one was killed and when the next probe is due.
+    async fn probe(
+        &mut self,
+        pod: &Pod,
+        containers: &[Container],
+        seen: &HashMap<(String, bool), Vec<Seen>>,
+        pod_ip: &str,
+    ) -> (bool, Duration) {
+        let live: HashSet<&str> = seen.values().flatten().map(|s| s.status.id.as_str()).collect();
+        self.probes.retain(|(id, _), _| live.contains(id.as_str()));
+        let mut killed = false;
+        let mut next = RESYNC * 10;
+        for c in containers {
+            let Some(s) = seen.get(&(c.name.clone(), false)).and_then(|v| v.first()).filter(|s| is_running(&s.status)) else { continue };
+            let id = s.status.id.clone();
+            // The container's start as an Instant, from the runtime's wall-clock start time.
+            let age = (Timestamp::now().as_nanosecond() - s.status.started_at as i128).max(0) as u64;
+            let started = Instant::now().checked_sub(Duration::from_nanos(age)).unwrap_or_else(Instant::now);
+            for (kind, probe) in
+                [(Kind::Startup, &c.startup_probe), (Kind::Liveness, &c.liveness_probe), (Kind::Readiness, &c.readiness_probe)]
+            {
+                let Some(p) = probe else { continue };
+                let startup_done =
+                    c.startup_probe.is_none() || self.probes.get(&(id.clone(), Kind::Startup)).and_then(|s| s.ok) == Some(true);
+                if (kind == Kind::Startup && startup_done) || (kind != Kind::Startup && !startup_done) {
+                    continue;
+                }
+                let st = self.probes.entry((id.clone(), kind)).or_insert_with(|| probes::State::new(p, started));
+                if !st.due(Instant::now()) {
+                    next = next.min(st.next - Instant::now());
+                    continue;
+                }
+                let result = probes::run(&self.sh.cri, &id, pod_ip, c, &Action::of_probe(p), probes::timeout_of(p)).await;
+                let st = self.probes.get_mut(&(id.clone(), kind)).expect("inserted above");
+                let verdict = st.record(p, result.is_ok(), Instant::now());
+                next = next.min(st.next.saturating_duration_since(Instant::now()));
+                if let Err(msg) = &result {
+                    self.warning(pod, Some((&c.name, false)), "Unhealthy", format!("{} probe failed: {msg}", kind.name()));
+                }
+                if verdict == Some(false) && kind != Kind::Readiness {
+                    let what = if kind == Kind::Liveness { "liveness" } else { "startup" };
+                    self.normal(
+                        pod,
+                        Some((&c.name, false)),
+                        "Killing",
+                        format!("Container {} failed {what} probe, will be restarted", c.name),
+                    );
+                    self.kill(pod, Some(c), &id, grace_of(pod), pod_ip).await;
+                    killed = true;
+                    break;
+                }
+            }
+        }
+        (killed, next)
+    }
+
+    /// Stops one container as upstream: its preStop hook first (within the grace period), then
+    /// SIGTERM and, after what is left of the grace period, SIGKILL.
+    async fn kill(&self, pod: &Pod, c: Option<&Container>, id: &str, grace: i64, pod_ip: &str) {
+        kill_container(&self.sh, pod, c, id, grace, pod_ip).await
     }
 
     fn next_attempt(&self, name: &str) -> u32 {
@@ -388,6 +463,16 @@ impl Worker {
             Ok(_) => {
                 self.waiting.remove(&c.name);
                 self.normal(pod, who, "Started", format!("Started container {}", c.name));
+                if let Some(h) = c.lifecycle.as_ref().and_then(|l| l.post_start.as_ref()) {
+                    // Upstream runs postStart before the container counts as started; a failure
+                    // kills it and the restart policy takes over.
+                    let limit = Duration::from_secs(grace_of(pod).max(1) as u64 + 30);
+                    if let Err(msg) = probes::run(&self.sh.cri, &id, rt.pod_ip, c, &Action::of_handler(h), limit).await {
+                        self.warning(pod, who, "FailedPostStartHook", format!("PostStartHook failed: {msg}"));
+                        self.normal(pod, who, "Killing", format!("FailedPostStartHook: stopping container {}", c.name));
+                        let _ = self.sh.cri.stop_container(&id, grace_of(pod)).await;
+                    }
+                }
             }
             Err(e) => {
                 // The runtime keeps the container as exited (StartError, 128); the next sync
@@ -577,11 +662,21 @@ impl Worker {
             previous: prev.map(|s| s.status.clone()),
             waiting: self.waiting.get(&c.name).cloned().filter(|_| !running),
             restart_count: cur.map(|s| s.attempt as i32).unwrap_or_else(|| self.attempts.get(&c.name).map(|a| *a as i32 + 1).unwrap_or(0)),
-            // Without a readiness probe a running container is ready (probes come with prober.rs).
-            ready: running && !init,
+            ready: running && !init && self.probe_ok(c, cur, Kind::Readiness) && self.probe_ok(c, cur, Kind::Startup),
+            started: running && self.probe_ok(c, cur, Kind::Startup),
             message: msg(cur),
             previous_message: msg(prev),
         }
+    }
+
+    /// Whether a container passes a probe kind (no such probe: yes; not decided yet: no).
+    fn probe_ok(&self, c: &Container, cur: Option<&Seen>, kind: Kind) -> bool {
+        let defined = match kind {
+            Kind::Startup => c.startup_probe.is_some(),
+            Kind::Liveness => c.liveness_probe.is_some(),
+            Kind::Readiness => c.readiness_probe.is_some(),
+        };
+        !defined || cur.is_some_and(|s| self.probes.get(&(s.status.id.clone(), kind)).and_then(|p| p.ok) == Some(true))
     }
 
     fn termination_message(&self, pod: &Pod, c: &Container, s: &Seen) -> Option<String> {
@@ -676,7 +771,25 @@ impl Worker {
         }
         let sandbox = self.sh.cri.sandboxes(Some(&self.uid)).await?.into_iter().next();
         if let Some(s) = &sandbox {
-            stop_containers(&self.sh.cri, &s.id, grace).await;
+            let pod_ip = pod.status.as_ref().and_then(|s| s.pod_ip.clone()).unwrap_or_default();
+            let spec = pod.spec.clone().unwrap_or_default();
+            let running: Vec<(String, Option<Container>)> = self
+                .sh
+                .cri
+                .containers(Some(&s.id))
+                .await
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|c| {
+                    c.state == cri::ContainerState::ContainerRunning as i32 || c.state == cri::ContainerState::ContainerCreated as i32
+                })
+                .map(|rc| {
+                    let name = rc.metadata.as_ref().map(|m| m.name.clone()).unwrap_or_default();
+                    (rc.id, spec.containers.iter().find(|c| c.name == name).cloned())
+                })
+                .collect();
+            let sh = &self.sh;
+            futures::future::join_all(running.iter().map(|(id, c)| kill_container(sh, pod, c.as_ref(), id, grace, &pod_ip))).await;
         }
         // Report the containers' final states before the object goes.
         let policy = pod.spec.as_ref().and_then(|s| s.restart_policy.clone()).unwrap_or_else(|| "Always".into());
@@ -774,6 +887,23 @@ pub fn log_tail(path: &std::path::Path, lines: usize, max_bytes: usize) -> Strin
         out = out[cut..].to_string();
     }
     out
+}
+
+async fn kill_container(sh: &Shared, pod: &Pod, c: Option<&Container>, id: &str, grace: i64, pod_ip: &str) {
+    let t0 = Instant::now();
+    if let Some(c) = c
+        && let Some(h) = c.lifecycle.as_ref().and_then(|l| l.pre_stop.as_ref())
+    {
+        let limit = Duration::from_secs(grace.max(0) as u64);
+        if let Err(msg) = probes::run(&sh.cri, id, pod_ip, c, &Action::of_handler(h), limit).await {
+            let mut r = skiff_controllers::events::reference(pod);
+            r.field_path = Some(format!("spec.containers{{{}}}", c.name));
+            sh.events.warning(r, "FailedPreStopHook", format!("PreStopHook failed: {msg}"));
+        }
+    }
+    // What the hook left of the grace period (upstream grants at least 2 s after a hook).
+    let left = (grace - t0.elapsed().as_secs() as i64).max(if grace > 0 { 2 } else { 0 });
+    let _ = sh.cri.stop_container(id, left).await;
 }
 
 async fn stop_containers(cri: &Cri, sandbox_id: &str, grace: i64) {

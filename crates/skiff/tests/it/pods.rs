@@ -402,3 +402,73 @@ spec:
     let err = String::from_utf8_lossy(&c.kubectl(&["exec", "box", "-c", "nope", "--", "true"]).stderr).into_owned();
     assert!(err.contains("container nope is not valid for pod box"), "{err}");
 }
+
+#[test]
+fn probes_restart_and_unready_containers_and_hooks_run() {
+    let c = Cluster::start();
+    let out = c.dir.join("hooks");
+    std::fs::create_dir_all(&out).unwrap();
+    c.apply(&format!(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {{name: live}}
+spec:
+  containers:
+  - name: c
+    image: {BUSYBOX}
+    command: ["sh", "-c", "touch /tmp/healthy; sleep 2; rm /tmp/healthy; sleep 3600"]
+    livenessProbe:
+      exec: {{command: ["cat", "/tmp/healthy"]}}
+      periodSeconds: 1
+      failureThreshold: 2
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: ready}}
+spec:
+  terminationGracePeriodSeconds: 3
+  containers:
+  - name: web
+    image: {BUSYBOX}
+    command: ["sh", "-c", "echo ok > /tmp/ready.html; exec httpd -f -p 8080 -h /tmp"]
+    ports: [{{name: http, containerPort: 8080}}]
+    startupProbe:
+      tcpSocket: {{port: 8080}}
+      periodSeconds: 1
+    readinessProbe:
+      httpGet: {{path: /ready.html, port: http}}
+      periodSeconds: 1
+      failureThreshold: 1
+    lifecycle:
+      postStart:
+        exec: {{command: ["sh", "-c", "echo post-start > /out/poststart"]}}
+      preStop:
+        exec: {{command: ["sh", "-c", "echo pre-stop > /out/prestop"]}}
+    volumeMounts: [{{name: out, mountPath: /out}}]
+  volumes:
+  - name: out
+    hostPath: {{path: {}, type: Directory}}
+"#,
+        out.display()
+    ));
+    let t = Duration::from_secs(90);
+    c.wait_jsonpath("pod/ready", "{.status.conditions[?(@.type=='Ready')].status}", t, |s| s == "True");
+    assert_eq!(c.jsonpath("pod/ready", "{.status.containerStatuses[0].started}"), "true");
+    assert_eq!(read(&out.join("poststart")).trim(), "post-start");
+    // A failing readiness probe flips Ready to False without restarting anything.
+    c.ok(&["exec", "ready", "--", "rm", "/tmp/ready.html"]);
+    c.wait_jsonpath("pod/ready", "{.status.conditions[?(@.type=='Ready')].status}", t, |s| s == "False");
+    assert_eq!(c.jsonpath("pod/ready", "{.status.containerStatuses[0].restartCount}"), "0");
+    c.ok(&["exec", "ready", "--", "sh", "-c", "echo ok > /tmp/ready.html"]);
+    c.wait_jsonpath("pod/ready", "{.status.conditions[?(@.type=='Ready')].status}", t, |s| s == "True");
+
+    // A failing liveness probe restarts the container.
+    c.wait_jsonpath("pod/live", "{.status.containerStatuses[0].restartCount}", t, |s| s.parse::<i32>().is_ok_and(|n| n >= 1));
+    let events = c.ok(&["get", "events", "--field-selector", "involvedObject.name=live", "-o", "jsonpath={.items[*].message}"]);
+    assert!(events.contains("Liveness probe failed") && events.contains("failed liveness probe, will be restarted"), "{events}");
+
+    // preStop runs before the container is stopped.
+    c.ok(&["delete", "pod", "ready", "--wait=true", "--timeout=60s"]);
+    assert_eq!(read(&out.join("prestop")).trim(), "pre-stop");
+}
