@@ -74,7 +74,15 @@ fn aggregated_resource(d: &Descriptor) -> Value {
 }
 
 fn all_groups(api: &Api) -> Vec<(&'static str, Vec<&'static str>)> {
-    crate::review::with_review_groups(api.registry.groups())
+    let mut groups = crate::review::with_review_groups(api.registry.groups());
+    groups.push((crate::metrics_api::GROUP, vec![crate::metrics_api::VERSION]));
+    groups
+}
+
+/// The metrics API's resources in a group-version (none elsewhere): (plural, kind, namespaced).
+fn metrics_in(g: &str, v: &str) -> impl Iterator<Item = &'static (&'static str, &'static str, &'static str, bool)> {
+    let here = g == crate::metrics_api::GROUP && v == crate::metrics_api::VERSION;
+    crate::metrics_api::RESOURCES.iter().filter(move |_| here)
 }
 
 fn aggregated_review(r: &crate::review::Review) -> Value {
@@ -100,6 +108,15 @@ fn aggregated_list(api: &Api, version: &str, core: bool) -> Value {
                         .in_group_version(g, v)
                         .map(|d| aggregated_resource(d))
                         .chain(crate::review::in_group_version(g, v).map(aggregated_review))
+                        .chain(metrics_in(g, v).map(|(plural, _, kind, namespaced)| {
+                            json!({
+                                "resource": plural,
+                                "responseKind": {"group": g, "version": v, "kind": kind},
+                                "scope": if *namespaced { "Namespaced" } else { "Cluster" },
+                                "singularResource": "",
+                                "verbs": crate::metrics_api::VERBS,
+                            })
+                        }))
                         .collect();
                     json!({"version": v, "resources": resources, "freshness": "Current"})
                 })
@@ -170,6 +187,10 @@ pub fn resource_list(api: &Arc<Api>, g: &str, v: &str) -> ApiResult<Response> {
     }
     for r in crate::review::in_group_version(g, v) {
         resources.push(json!({"name": r.plural, "singularName": r.singular, "namespaced": false, "kind": r.kind, "verbs": crate::review::Review::VERBS}));
+    }
+    for (plural, _, kind, namespaced) in metrics_in(g, v) {
+        resources
+            .push(json!({"name": plural, "singularName": "", "namespaced": namespaced, "kind": kind, "verbs": crate::metrics_api::VERBS}));
     }
     if resources.is_empty() {
         return Err(ApiError::no_route());

@@ -185,18 +185,23 @@ fn urlencode(s: &str) -> String {
         .collect()
 }
 
-/// A GET to a kubelet, its body streamed back; a kubelet error becomes a Status with its text.
-async fn proxy_get(api: &Api, url: &str, content_type: &str) -> ApiResult<Response> {
+/// A GET to a kubelet over mutual TLS.
+pub async fn kubelet_get(api: &Api, url: &str) -> ApiResult<hyper::Response<hyper::body::Incoming>> {
     let tls =
         api.config.kubelet_tls.clone().ok_or_else(|| ApiError::service_unavailable("this API server has no kubelet client credentials"))?;
     let https = hyper_rustls::HttpsConnectorBuilder::new().with_tls_config((*tls).clone()).https_only().enable_http1().build();
     let client: Client<_, Body> = Client::builder(TokioExecutor::new()).build(https);
     let uri: hyper::Uri = url.parse().map_err(|e| ApiError::internal(format!("kubelet URL {url}: {e}")))?;
     let req = hyper::Request::get(uri).body(Body::empty()).map_err(|e| ApiError::internal(e.to_string()))?;
-    let resp = tokio::time::timeout(std::time::Duration::from_secs(30), client.request(req))
+    tokio::time::timeout(std::time::Duration::from_secs(30), client.request(req))
         .await
         .map_err(|_| ApiError::service_unavailable(format!("the kubelet at {url} did not answer in 30 s")))?
-        .map_err(|e| ApiError::service_unavailable(format!("calling the kubelet: {e}")))?;
+        .map_err(|e| ApiError::service_unavailable(format!("calling the kubelet: {e}")))
+}
+
+/// A GET to a kubelet, its body streamed back; a kubelet error becomes a Status with its text.
+async fn proxy_get(api: &Api, url: &str, content_type: &str) -> ApiResult<Response> {
+    let resp = kubelet_get(api, url).await?;
     let status = resp.status();
     if !status.is_success() {
         let body = resp.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();

@@ -22,6 +22,7 @@ pub mod discovery;
 pub mod fields;
 pub mod handler;
 pub mod kubelet;
+pub mod metrics_api;
 pub mod openapi;
 pub mod openapi_schema;
 pub mod openapi_v2;

@@ -22,6 +22,7 @@ mod node_sync;
 pub mod pause;
 pub mod pods;
 pub mod server;
+pub mod stats;
 
 /// Everything the agent is told at start.
 #[derive(Clone, Debug)]
@@ -108,8 +109,9 @@ pub async fn run(client: kube::Client, cfg: Config, shutdown: impl std::future::
     if let Some(tls) = cfg.serving.clone() {
         let addr = std::net::SocketAddr::new(IpAddr::from([0, 0, 0, 0]), cfg.kubelet_port);
         let cri = cri.clone();
+        let node_name = cfg.node_name.clone();
         tokio::spawn(async move {
-            if let Err(e) = server::serve(addr, tls, cri).await {
+            if let Err(e) = server::serve(addr, tls, cri, node_name).await {
                 tracing::error!(error = format!("{e:#}"), "the kubelet server stopped");
             }
         });

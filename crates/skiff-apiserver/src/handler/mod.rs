@@ -121,6 +121,12 @@ async fn route(
             ref m => Err(ApiError::method_not_allowed(m.as_str())),
         };
     }
+    if group == crate::metrics_api::GROUP && version == crate::metrics_api::VERSION {
+        return match *method {
+            Method::GET if !is_watch_request(legacy_watch, &params) => crate::metrics_api::serve(api, rest, &params).await,
+            ref m => Err(ApiError::method_not_allowed(m.as_str())),
+        };
+    }
     let target = resolve(api, group, version, rest)?;
     let is_watch = legacy_watch || params.flag("watch");
     match (method.clone(), target.name.is_some(), target.sub) {
@@ -150,6 +156,10 @@ async fn route(
         }
         (m, _, _) => Err(ApiError::method_not_allowed(m.as_str())),
     }
+}
+
+fn is_watch_request(legacy: bool, params: &Params) -> bool {
+    legacy || params.flag("watch")
 }
 
 /// Resolve `rest` (the path after the group/version) into a target.

@@ -472,3 +472,41 @@ spec:
     c.ok(&["delete", "pod", "ready", "--wait=true", "--timeout=60s"]);
     assert_eq!(read(&out.join("prestop")).trim(), "pre-stop");
 }
+
+#[test]
+fn kubectl_top_shows_the_usage_of_a_busy_pod() {
+    use crate::harness::{KUBECTL_127, KUBECTL_133};
+    let c = Cluster::start();
+    c.apply(&format!(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {{name: busy, labels: {{app: busy}}}}
+spec:
+  containers:
+  - name: spin
+    image: {BUSYBOX}
+    command: ["sh", "-c", "x=$(head -c 8000000 /dev/zero | tr '\\0' a); while true; do :; done"]
+"#
+    ));
+    c.wait_jsonpath("pod/busy", "{.status.phase}", Duration::from_secs(90), |s| s == "Running");
+    // millicores and MiB, as kubectl prints them: "busy   950m   1Mi".
+    let parse = |line: &str| -> Option<(u64, u64)> {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        Some((f.get(1)?.strip_suffix('m')?.parse().ok()?, f.get(2)?.strip_suffix("Mi")?.parse().ok()?))
+    };
+    for bin in [KUBECTL_127, KUBECTL_133] {
+        let (cpu, mem) = wait_for("kubectl top pods", Duration::from_secs(60), || {
+            let out = c.kubectl_with(bin, &["top", "pods", "-l", "app=busy", "--no-headers"], None);
+            let s = String::from_utf8_lossy(&out.stdout).into_owned();
+            s.lines().find(|l| l.starts_with("busy ")).and_then(parse).filter(|(cpu, _)| *cpu > 0)
+        });
+        assert!(cpu >= 100, "{bin}: a spinning shell uses a good part of a core, got {cpu}m");
+        assert!(mem >= 4, "{bin}: the shell holds an 8 MB string, got {mem}Mi");
+        let nodes = c.kubectl_with(bin, &["top", "nodes", "--no-headers"], None);
+        let n = String::from_utf8_lossy(&nodes.stdout).into_owned();
+        assert!(n.starts_with("node1 ") && n.contains('%'), "{bin}: {n} {}", String::from_utf8_lossy(&nodes.stderr));
+    }
+    let containers = c.ok(&["top", "pod", "busy", "--containers", "--no-headers"]);
+    assert!(containers.contains("spin"), "{containers}");
+}
