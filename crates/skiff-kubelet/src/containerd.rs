@@ -202,26 +202,6 @@ async fn wait_socket(socket: &Path, child: &mut Child, log: &Path) -> anyhow::Re
     }
 }
 
-/// Loads image tarballs (docker-archive or OCI archive) into containerd's CRI namespace with
-/// containerd's own `ctr` (shipped with containerd): importing means writing blobs to the
-/// content store, creating image records and unpacking snapshots, all client-side logic of
-/// containerd's that no maintained Rust crate provides.
-pub async fn import(socket: &Path, tarball: &Path) -> anyhow::Result<String> {
-    let out = Command::new("ctr")
-        .arg("--address")
-        .arg(socket)
-        .args(["--namespace", CRI_NAMESPACE, "images", "import", "--snapshotter", "overlayfs"])
-        .arg(tarball)
-        .stdin(Stdio::null())
-        .output()
-        .await
-        .context("running ctr (shipped with containerd)")?;
-    if !out.status.success() {
-        anyhow::bail!("importing {}: {}", tarball.display(), String::from_utf8_lossy(&out.stderr).trim());
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
 /// Makes sure the built-in pause image is in containerd (imports it when the CRI does not know it).
 pub async fn ensure_pause(cri: &crate::cri::Cri, layout: &Layout) -> anyhow::Result<()> {
     if cri.image_present(crate::pause::IMAGE).await? {
@@ -229,7 +209,7 @@ pub async fn ensure_pause(cri: &crate::cri::Cri, layout: &Layout) -> anyhow::Res
     }
     let path = layout.state.join("pause.tar");
     std::fs::write(&path, crate::pause::docker_archive()?)?;
-    import(&layout.socket, &path).await?;
+    crate::import::import_file(&layout.socket, &path, |_, _| {}).await?;
     let _ = std::fs::remove_file(&path);
     if !cri.image_present(crate::pause::IMAGE).await? {
         anyhow::bail!("the pause image was imported but the CRI does not list {}", crate::pause::IMAGE);

@@ -15,6 +15,7 @@ pub mod cgroups;
 pub mod cni;
 pub mod containerd;
 pub mod cri;
+pub mod import;
 pub mod labels;
 pub mod logs;
 pub mod node;
@@ -43,7 +44,11 @@ pub struct Config {
     pub cgroup_root: String,
     /// The node's resolver configuration handed to pods (upstream's --resolv-conf).
     pub resolv_conf: PathBuf,
-    /// The kubelet's HTTPS port (logs; exec, port-forward and stats later).
+    /// Image tarballs imported at start when new (None: none).
+    pub images_dir: Option<PathBuf>,
+    /// Static pod manifests (upstream's --pod-manifest-path); None: no file source.
+    pub pod_manifest_path: Option<PathBuf>,
+    /// The kubelet's HTTPS port (logs, exec, attach, port-forward, stats).
     pub kubelet_port: u16,
     /// The kubelet's certificate and the CA its clients' certificates come from; without it the
     /// kubelet serves nothing and `kubectl logs` cannot reach this node.
@@ -65,6 +70,8 @@ impl Config {
             node_taints: Vec::new(),
             cgroup_root: "/".into(),
             resolv_conf: PathBuf::from("/etc/resolv.conf"),
+            images_dir: None,
+            pod_manifest_path: None,
             kubelet_port: node::KUBELET_PORT as u16,
             serving: None,
         }
@@ -102,7 +109,22 @@ pub async fn run(client: kube::Client, cfg: Config, shutdown: impl std::future::
         None => (layout.socket.clone(), Some(containerd::start_supervised(layout.clone()).await?)),
     };
     let cri = cri::Cri::connect(&socket)?;
+    // The socket answers before the CRI plugin is initialized ("server is not initialized yet").
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
+    while let Err(e) = cri.image_status(pause::IMAGE).await {
+        if tokio::time::Instant::now() > deadline {
+            anyhow::bail!("the container runtime at {} is not ready after 60 s: {}", socket.display(), e.message());
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
     containerd::ensure_pause(&cri, &layout).await?;
+    if let Some(dir) = &cfg.images_dir {
+        match import::import_new(&socket, dir, &cfg.data_dir.join("images-imported.json")).await {
+            Ok(files) if !files.is_empty() => tracing::info!(count = files.len(), dir = %dir.display(), "imported new image tarballs"),
+            Ok(_) => {}
+            Err(e) => tracing::error!(error = format!("{e:#}"), dir = %dir.display(), "importing image tarballs"),
+        }
+    }
     let version = cri.version().await?;
     tracing::info!(node = %cfg.node_name, runtime = %format!("{} {}", version.runtime_name, version.runtime_version), "node agent started");
 

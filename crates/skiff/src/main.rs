@@ -31,6 +31,9 @@ enum Command {
     ControllerManager(cmd::controller_manager::ControllerManagerArgs),
     /// Run N simulated nodes against a cluster (register, heartbeat, "run" bound pods).
     Sim(cmd::sim::SimArgs),
+    /// Container images on this node (import tarballs).
+    #[command(subcommand)]
+    Image(cmd::image::ImageCommand),
     /// Print the skiff and Kubernetes API versions.
     Version,
     /// Benchmarks with a same-run reference (build with --release).
@@ -67,6 +70,10 @@ fn main() -> anyhow::Result<()> {
         Command::Sim(args) => {
             let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
             rt.block_on(cmd::sim::run(args))
+        }
+        Command::Image(cmd) => {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            rt.block_on(cmd::image::run(cmd))
         }
         Command::Agent(args) => {
             let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;

@@ -21,6 +21,7 @@ pub mod env;
 pub mod images;
 pub mod probes;
 pub mod spec;
+pub mod static_pods;
 pub mod status;
 pub mod volumes;
 mod worker;
@@ -40,6 +41,8 @@ pub struct Shared {
 
 pub struct Manager {
     shared: Arc<Shared>,
+    /// UIDs of the static pods running now (housekeeping must not remove their sandboxes).
+    statics: Arc<std::sync::Mutex<HashSet<String>>>,
 }
 
 /// The latest word on a pod for its worker: the object, or None once it left the API (or this
@@ -61,6 +64,7 @@ impl Manager {
                 node_cpus: readings.cpus,
                 host_resolv,
             }),
+            statics: Default::default(),
         }
     }
 
@@ -71,6 +75,12 @@ impl Manager {
         let mut workers: HashMap<String, Slot> = HashMap::new();
         let mut listing: Option<HashSet<String>> = None;
         let mut reap = tokio::time::interval(Duration::from_secs(5));
+        let (static_tx, mut static_rx) = watch::channel(HashMap::<String, Pod>::new());
+        if let Some(dir) = self.shared.cfg.pod_manifest_path.clone() {
+            let shared = self.shared.clone();
+            tokio::spawn(async move { scan_static(shared, dir, static_tx).await });
+        }
+        let mut statics: HashMap<String, Pod> = HashMap::new();
         loop {
             let ev = tokio::select! {
                 ev = stream.next() => ev,
@@ -78,11 +88,29 @@ impl Manager {
                     workers.retain(|_, s| !s.is_closed());
                     continue;
                 }
+                Ok(()) = static_rx.changed() => {
+                    let now = static_rx.borrow_and_update().clone();
+                    for (uid, p) in &now {
+                        if statics.get(uid) != Some(p) {
+                            self.deliver(&mut workers, uid.clone(), Some(Arc::new(p.clone())));
+                        }
+                    }
+                    for uid in statics.keys().filter(|u| !now.contains_key(*u)) {
+                        self.deliver(&mut workers, uid.clone(), None);
+                    }
+                    *self.statics.lock().expect("statics lock") = now.keys().cloned().collect();
+                    statics = now;
+                    continue;
+                }
             };
             let Some(ev) = ev else { anyhow::bail!("the pod watch ended") };
             match ev {
                 Ok(watcher::Event::Init) => listing = Some(HashSet::new()),
                 Ok(watcher::Event::InitApply(p)) | Ok(watcher::Event::Apply(p)) => {
+                    // Mirror pods stand for static pods, which run from their files.
+                    if static_pods::is_mirror(&p) {
+                        continue;
+                    }
                     let Some(uid) = p.metadata.uid.clone() else { continue };
                     if let Some(seen) = listing.as_mut() {
                         seen.insert(uid.clone());
@@ -95,13 +123,15 @@ impl Manager {
                     }
                 }
                 Ok(watcher::Event::InitDone) => {
-                    let seen = listing.take().unwrap_or_default();
+                    let mut seen = listing.take().unwrap_or_default();
+                    seen.extend(statics.keys().cloned());
                     let gone: Vec<String> = workers.keys().filter(|u| !seen.contains(*u)).cloned().collect();
                     for uid in gone {
                         self.deliver(&mut workers, uid, None);
                     }
                     let shared = self.shared.clone();
-                    tokio::spawn(async move { housekeeping(&shared, &seen).await });
+                    let statics = self.statics.clone();
+                    tokio::spawn(async move { housekeeping(&shared, &seen, &statics).await });
                 }
                 Err(e) => {
                     tracing::debug!(error = %e, "pod watch; retrying");
@@ -128,14 +158,30 @@ impl Manager {
 
 /// Removes sandboxes (and their containers) this kubelet made for pods the API no longer has
 /// on this node, e.g. deleted while the agent was down.
-async fn housekeeping(shared: &Shared, live: &HashSet<String>) {
+/// Re-reads the manifest directory every few seconds and keeps the mirror pods in step.
+async fn scan_static(shared: Arc<Shared>, dir: std::path::PathBuf, tx: watch::Sender<HashMap<String, Pod>>) {
+    let mut complained = HashMap::new();
+    let mut tick = tokio::time::interval(Duration::from_secs(5));
+    loop {
+        tick.tick().await;
+        let pods = static_pods::scan(&dir, &shared.cfg.node_name, &mut complained);
+        let changed = *tx.borrow() != pods;
+        if changed && tx.send(pods.clone()).is_err() {
+            return;
+        }
+        static_pods::sync_mirrors(&shared.client, &shared.cfg.node_name, &pods).await;
+    }
+}
+
+async fn housekeeping(shared: &Shared, live: &HashSet<String>, statics: &std::sync::Mutex<HashSet<String>>) {
+    let statics = statics.lock().expect("statics lock").clone();
     let Ok(sandboxes) = shared.cri.sandboxes(None).await else { return };
     for s in sandboxes {
         if s.labels.get(crate::labels::MANAGED).map(String::as_str) != Some(crate::labels::MANAGED_BY) {
             continue;
         }
         let Some(uid) = s.labels.get(crate::labels::POD_UID) else { continue };
-        if live.contains(uid) {
+        if live.contains(uid) || statics.contains(uid) {
             continue;
         }
         tracing::info!(sandbox = %s.id, pod_uid = %uid, "removing the sandbox of a pod that is gone");

@@ -294,7 +294,10 @@ impl Worker {
                 seen = self.seen(&sandbox_id).await?;
             }
         }
-        self.report(pod, Some(&seen), Some(&pod_ip), &policy).await?;
+        // An unreachable API server is no reason to stop looking after the containers.
+        if let Err(e) = self.report(pod, Some(&seen), Some(&pod_ip), &policy).await {
+            tracing::debug!(pod = %pod_key(pod), error = %e, "posting the pod status");
+        }
         Ok(Some(next))
     }
 

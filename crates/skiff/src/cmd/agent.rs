@@ -44,13 +44,19 @@ pub struct AgentFlags {
     /// The resolver configuration pods inherit.
     #[arg(long, default_value = "/etc/resolv.conf")]
     pub resolv_conf: PathBuf,
-    /// The kubelet's HTTPS port (logs, and later exec/port-forward/stats).
+    /// Static pod manifests (default: `manifests/` in the data dir).
+    #[arg(long)]
+    pub pod_manifest_path: Option<PathBuf>,
+    /// The kubelet's HTTPS port (logs, exec, attach, port-forward, stats).
     #[arg(long, default_value_t = 10250)]
     pub kubelet_port: u16,
 }
 
 impl AgentFlags {
-    pub fn config(&self, data_dir: &Path, default_ip: Option<IpAddr>) -> anyhow::Result<skiff_kubelet::Config> {
+    /// `base` holds `manifests/` (static pods, unless --pod-manifest-path says otherwise) and
+    /// `images/` (tarballs imported at start).
+    pub fn config(&self, data_dir: &Path, base: &Path, default_ip: Option<IpAddr>) -> anyhow::Result<skiff_kubelet::Config> {
+        let manifests = base.join("manifests");
         let name = match &self.node_name {
             Some(n) => n.clone(),
             None => hostname()?,
@@ -71,6 +77,12 @@ impl AgentFlags {
         c.cni_bin_dir = self.cni_bin_dir.clone();
         c.resolv_conf = self.resolv_conf.clone();
         c.kubelet_port = self.kubelet_port;
+        let manifests = self.pod_manifest_path.clone().unwrap_or(manifests);
+        std::fs::create_dir_all(&manifests)?;
+        c.pod_manifest_path = Some(manifests);
+        let images = base.join("images");
+        std::fs::create_dir_all(&images)?;
+        c.images_dir = Some(images);
         Ok(c)
     }
 }
@@ -98,7 +110,7 @@ pub struct AgentArgs {
 
 pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     let (client, url) = crate::cmd::sim::client(&args.kubeconfig, args.server.as_deref()).await?;
-    let cfg = args.node.config(&args.data_dir, None)?;
+    let cfg = args.node.config(&args.data_dir, &args.data_dir, None)?;
     tracing::info!(node = %cfg.node_name, server = %url, "skiff agent starting");
     skiff_kubelet::run(client, cfg, crate::cmd::scheduler::shutdown_signal()).await
 }

@@ -1,5 +1,6 @@
 pub mod agent;
 pub mod controller_manager;
+pub mod image;
 pub mod scheduler;
 pub mod server;
 pub mod sim;

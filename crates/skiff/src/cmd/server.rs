@@ -171,7 +171,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         }));
     }
     if !args.disable_agent {
-        let mut cfg = args.agent.config(&args.data_dir.join("agent"), Some(advertise))?;
+        let mut cfg = args.agent.config(&args.data_dir.join("agent"), &args.data_dir, Some(advertise))?;
         let sans = vec![cfg.node_ip.to_string(), cfg.node_name.clone()];
         let (cert_pem, key_pem) = pki.issue_server_cert(&cfg.node_name, &sans, year)?;
         cfg.serving = Some(skiff_kubelet::server::ServingTls { cert_pem, key_pem, client_ca_pem: pki.ca_pem().to_string() });

@@ -20,7 +20,7 @@ const PORT: u16 = 6443;
 
 /// The OCI layout of the test busybox image, built once per test process under cargo's
 /// per-target temp dir (so nothing is left in /tmp).
-fn busybox_layout() -> &'static Path {
+pub fn busybox_layout() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
         let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("busybox-image-{}", std::process::id()));
@@ -68,6 +68,7 @@ pub struct Cluster {
     init: Option<Child>,
     init_pid: u32,
     server: Option<Child>,
+    agent: Option<Child>,
     registry: Option<Child>,
     server_logs: u32,
     extra: Vec<String>,
@@ -91,6 +92,7 @@ impl Cluster {
             init: None,
             init_pid: 0,
             server: None,
+            agent: None,
             registry: None,
             server_logs: 0,
             extra: extra.iter().map(|s| s.to_string()).collect(),
@@ -202,19 +204,55 @@ impl Cluster {
     /// SIGKILL of the server (API server, controllers and agent), as a crash. The containers,
     /// their shims and containerd outlive it.
     pub fn kill_server(&mut self) {
-        if let Some(mut s) = self.server.take() {
-            // nsenter forked the server as its child; kill that child, then nsenter itself.
-            let kids = std::fs::read_to_string(format!("/proc/{}/task/{}/children", s.id(), s.id())).unwrap_or_default();
-            for k in kids.split_whitespace() {
-                let _ = Command::new("kill").args(["-9", k]).status();
-            }
-            let _ = s.kill();
-            let _ = s.wait();
+        kill_entered(self.server.take());
+    }
+
+    fn kill_agent(&mut self) {
+        kill_entered(self.agent.take());
+    }
+}
+
+/// Kills a process started through `nsenter --pid` (which forks it as its child) and nsenter.
+fn kill_entered(child: Option<Child>) {
+    if let Some(mut s) = child {
+        let kids = std::fs::read_to_string(format!("/proc/{}/task/{}/children", s.id(), s.id())).unwrap_or_default();
+        for k in kids.split_whitespace() {
+            let _ = Command::new("kill").args(["-9", k]).status();
         }
+        let _ = s.kill();
+        let _ = s.wait();
+    }
+}
+
+impl Cluster {
+    /// A `skiff agent` of its own (for a server started with `--disable-agent`), with its data
+    /// under `agent/` and static pods from `agent/manifests/`.
+    pub fn start_agent(&mut self) {
+        let cgroup_root = format!("/{}", self.ns);
+        let mut cmd = self.enter();
+        cmd.arg(env!("CARGO_BIN_EXE_skiff"))
+            .args(["agent", "--kubeconfig"])
+            .arg(&self.kubeconfig)
+            .arg("--data-dir")
+            .arg(self.dir.join("agent"))
+            .args(["--node-name", "node1", "--node-ip", NODE_IP, "--cgroup-root", &cgroup_root])
+            .env("SKIFF_LOG", "info,skiff_kubelet=debug")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(self.dir.join("agent.log")).unwrap());
+        self.agent = Some(cmd.spawn().expect("start skiff agent"));
+    }
+
+    pub fn agent_logs(&self) -> String {
+        std::fs::read_to_string(self.dir.join("agent.log")).unwrap_or_default()
     }
 
     pub fn logs(&self) -> String {
         std::fs::read_to_string(self.dir.join(format!("server-{}.log", self.server_logs))).unwrap_or_default()
+    }
+
+    /// The log of the n-th server start (1-based).
+    pub fn logs_of(&self, n: u32) -> String {
+        std::fs::read_to_string(self.dir.join(format!("server-{n}.log"))).unwrap_or_default()
     }
 
     /// A command inside the cluster's network namespace (only).
@@ -265,8 +303,13 @@ impl Cluster {
     }
 
     /// A jsonpath of one object, or "" when it does not exist (yet).
+    /// `what` may carry flags after the object (`pod/x -n kube-system`).
     pub fn jsonpath(&self, what: &str, path: &str) -> String {
-        let out = self.kubectl(&["get", what, "-o", &format!("jsonpath={path}")]);
+        let jp = format!("jsonpath={path}");
+        let mut args = vec!["get"];
+        args.extend(what.split_whitespace());
+        args.extend(["-o", &jp]);
+        let out = self.kubectl(&args);
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
@@ -279,8 +322,14 @@ impl Cluster {
                 return v;
             }
             if Instant::now() > deadline {
-                let describe = String::from_utf8_lossy(&self.kubectl(&["describe", what]).stdout).into_owned();
-                panic!("timed out waiting on {what} {path} (last {v:?})\n{describe}\n--- server log tail ---\n{}", tail(&self.logs(), 60));
+                let mut args = vec!["describe"];
+                args.extend(what.split_whitespace());
+                let describe = String::from_utf8_lossy(&self.kubectl(&args).stdout).into_owned();
+                panic!(
+                    "timed out waiting on {what} {path} (last {v:?})\n{describe}\n--- server log tail ---\n{}\n--- agent log tail ---\n{}",
+                    tail(&self.logs(), 60),
+                    tail(&self.agent_logs(), 40)
+                );
             }
             std::thread::sleep(Duration::from_millis(200));
         }
@@ -296,6 +345,7 @@ impl Cluster {
 impl Drop for Cluster {
     fn drop(&mut self) {
         self.kill_server();
+        self.kill_agent();
         if let Some(mut r) = self.registry.take() {
             let _ = r.kill();
             let _ = r.wait();

@@ -510,3 +510,99 @@ spec:
     let containers = c.ok(&["top", "pod", "busy", "--containers", "--no-headers"]);
     assert!(containers.contains("spin"), "{containers}");
 }
+
+#[test]
+fn static_pods_run_without_the_api_server_and_show_up_as_mirror_pods() {
+    let mut c = Cluster::start_with(&["--disable-agent"]);
+    c.start_agent();
+    let t = Duration::from_secs(90);
+    c.wait_jsonpath("node/node1", "{.status.conditions[?(@.type=='Ready')].status}", t, |s| s == "True");
+    let out = c.dir.join("static-out");
+    std::fs::create_dir_all(&out).unwrap();
+    let manifests = c.dir.join("agent").join("manifests");
+    let manifest = |name: &str, script: &str| {
+        format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: kube-system}}\nspec:\n  terminationGracePeriodSeconds: 1\n  containers:\n  - name: c\n    image: {BUSYBOX}\n    command: [\"sh\", \"-c\", \"{script}\"]\n    volumeMounts: [{{name: out, mountPath: /out}}]\n  volumes: [{{name: out, hostPath: {{path: {}}}}}]\n",
+            out.display()
+        )
+    };
+    std::fs::write(manifests.join("beat.yaml"), manifest("beat", "i=0; while true; do i=$((i+1)); echo $i > /out/beat; sleep 0.2; done"))
+        .unwrap();
+    c.wait_jsonpath("pod/beat-node1 -n kube-system", "{.status.phase}", t, |s| s == "Running");
+    let mirror = c.ok(&[
+        "get",
+        "pod",
+        "beat-node1",
+        "-n",
+        "kube-system",
+        "-o",
+        "jsonpath={.metadata.annotations.kubernetes\\.io/config\\.mirror} {.metadata.ownerReferences[0].kind}",
+    ]);
+    assert!(mirror.len() > 10 && mirror.ends_with(" Node"), "{mirror}");
+
+    // The API server goes away; the static pod keeps running and a new manifest still starts.
+    c.kill_server();
+    let before = read(&out.join("beat"));
+    wait_for("the static pod to keep beating", Duration::from_secs(20), || (read(&out.join("beat")) != before).then_some(()));
+    std::fs::write(manifests.join("late.yaml"), manifest("late", "echo started-without-api > /out/late; sleep 3600")).unwrap();
+    wait_for("a static pod started with no API server", Duration::from_secs(60), || {
+        (read(&out.join("late")).trim() == "started-without-api").then_some(())
+    });
+
+    // Back: the mirror of the new pod appears, with the status the agent reports.
+    c.start_server();
+    c.wait_jsonpath("pod/late-node1 -n kube-system", "{.status.phase}", t, |s| s == "Running");
+
+    // Removing a manifest stops the pod and removes its mirror.
+    std::fs::remove_file(manifests.join("beat.yaml")).unwrap();
+    wait_for("the mirror pod to go", t, || (!c.kubectl(&["get", "pod", "beat-node1", "-n", "kube-system"]).status.success()).then_some(()));
+    wait_for("the static pod's container to stop", Duration::from_secs(20), || {
+        let last = read(&out.join("beat"));
+        std::thread::sleep(Duration::from_secs(1));
+        (read(&out.join("beat")) == last).then_some(())
+    });
+}
+
+#[test]
+fn image_tarballs_import_by_command_and_once_from_the_images_dir() {
+    let mut c = Cluster::start();
+    let tarball = c.dir.join("imported.tar");
+    let src = format!("oci:{}:bb", crate::netns::busybox_layout().display());
+    let out = std::process::Command::new("skopeo")
+        .args(["copy", &src, &format!("docker-archive:{}:registry.skiff.dev/imported:1", tarball.display())])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let socket = c.dir.join("agent/containerd/containerd.sock");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_skiff"))
+        .args(["image", "import"])
+        .arg(&tarball)
+        .arg("--address")
+        .arg(&socket)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "skiff image import: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("registry.skiff.dev/imported:1"), "{}", String::from_utf8_lossy(&out.stdout));
+    c.apply(
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: local}\nspec:\n  containers: [{name: c, image: registry.skiff.dev/imported:1, imagePullPolicy: Never, command: [sleep, '3600']}]\n",
+    );
+    c.wait_jsonpath("pod/local", "{.status.phase}", Duration::from_secs(60), |s| s == "Running");
+    let missing = std::process::Command::new(env!("CARGO_BIN_EXE_skiff"))
+        .args(["image", "import", "/nonexistent.tar", "--address"])
+        .arg(&socket)
+        .output()
+        .unwrap();
+    assert!(!missing.status.success() && String::from_utf8_lossy(&missing.stderr).contains("/nonexistent.tar"));
+
+    // DATA/images: imported at the next start, and not again at the one after.
+    std::fs::create_dir_all(c.dir.join("images")).unwrap();
+    std::fs::copy(&tarball, c.dir.join("images/imported.tar")).unwrap();
+    c.kill_server();
+    c.start_server();
+    wait_for("the start-up import", Duration::from_secs(30), || c.logs_of(2).contains("imported image tarball").then_some(()));
+    c.kill_server();
+    c.start_server();
+    c.wait_jsonpath("node/node1", "{.status.conditions[?(@.type=='Ready')].status}", Duration::from_secs(60), |s| s == "True");
+    assert!(c.logs_of(3).contains("node agent started"), "{}", c.logs_of(3));
+    assert!(!c.logs_of(3).contains("imported image tarball"), "a tarball already imported is not imported again");
+}
