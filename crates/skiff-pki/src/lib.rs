@@ -15,7 +15,7 @@ pub use ca::{ADMIN_VALIDITY, CA_VALIDITY, ClusterPki, PkiOptions, RENEW_BEFORE, 
 pub use identity::{ALL_AUTHENTICATED, TokenAuthenticator, UserInfo, client_identity};
 pub use kubeconfig::{Credential, kubeconfig_yaml, write_admin_kubeconfig, write_kubeconfig};
 pub use net::{host_ips, host_ipv4};
-pub use tls::{mtls_client_config, mtls_server_config};
+pub use tls::{ca_client_config, mtls_client_config, mtls_server_config, unverified_client_config};
 
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -44,3 +44,64 @@ pub fn mtls_client_config(ca_pem: &str, cert_pem: &str, key_pem: &str) -> anyhow
         .with_client_auth_cert(vec![first_cert(cert_pem).context("client certificate")?], key)?;
     Ok(Arc::new(cfg))
 }
+
+/// Accepts any server certificate. Only for fetching the cluster CA at join time, whose bytes the
+/// caller then checks against the hash in the join token (k3s' `K10<hash>::` scheme): the hash,
+/// not the TLS handshake, is what makes that first contact trustworthy.
+#[derive(Debug)]
+struct AnyServer(Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for AnyServer {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &rustls::pki_types::CertificateDer<'_>,
+        _intermediates: &[rustls::pki_types::CertificateDer<'_>],
+        _server_name: &rustls::pki_types::ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// A client that trusts any server: see [`AnyServer`] for the one use it has.
+pub fn unverified_client_config() -> anyhow::Result<Arc<rustls::ClientConfig>> {
+    let provider = ring();
+    let cfg = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AnyServer(provider)))
+        .with_no_client_auth();
+    Ok(Arc::new(cfg))
+}
+
+/// A client that trusts servers signed by `ca_pem`, without a client certificate.
+pub fn ca_client_config(ca_pem: &str) -> anyhow::Result<Arc<rustls::ClientConfig>> {
+    let cfg = rustls::ClientConfig::builder_with_provider(ring())
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots(ca_pem)?)
+        .with_no_client_auth();
+    Ok(Arc::new(cfg))
+}

@@ -95,12 +95,18 @@ fn hostname() -> anyhow::Result<String> {
 
 #[derive(Args, Debug)]
 pub struct AgentArgs {
-    /// Kubeconfig with this node's credentials.
+    /// Kubeconfig with this node's credentials (instead of joining with --server and --token).
     #[arg(long, env = "KUBECONFIG", default_value = "/etc/skiff/kubeconfig.yaml")]
     pub kubeconfig: PathBuf,
-    /// API server URL, instead of the kubeconfig's.
+    /// API server URL (https://HOST:6443): with --token, join the cluster there.
     #[arg(long)]
     pub server: Option<String>,
+    /// The server's join token (its DATA/token).
+    #[arg(long, env = "SKIFF_TOKEN", conflicts_with = "token_file")]
+    pub token: Option<String>,
+    /// A file holding the join token.
+    #[arg(long)]
+    pub token_file: Option<PathBuf>,
     /// Where the agent keeps containerd's state, CNI config and pod directories.
     #[arg(long, default_value = "/var/lib/skiff/agent")]
     pub data_dir: PathBuf,
@@ -109,8 +115,23 @@ pub struct AgentArgs {
 }
 
 pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
-    let (client, url) = crate::cmd::sim::client(&args.kubeconfig, args.server.as_deref()).await?;
-    let cfg = args.node.config(&args.data_dir, &args.data_dir, None)?;
+    let mut cfg = args.node.config(&args.data_dir, &args.data_dir, None)?;
+    let token = match (&args.token, &args.token_file) {
+        (Some(t), _) => Some(t.trim().to_string()),
+        (None, Some(f)) => {
+            Some(std::fs::read_to_string(f).map_err(|e| anyhow::anyhow!("--token-file {}: {e}", f.display()))?.trim().to_string())
+        }
+        (None, None) => None,
+    };
+    let (client, url) = match (token, &args.server) {
+        (Some(token), Some(server)) => {
+            let joined = crate::cmd::join::join_or_reuse(&args.data_dir, server, &token, &cfg.node_name, &cfg.node_ip.to_string()).await?;
+            cfg.serving = Some(joined.serving);
+            crate::cmd::sim::client(&joined.kubeconfig, None).await?
+        }
+        (Some(_), None) => anyhow::bail!("--token needs --server (the API server to join)"),
+        (None, _) => crate::cmd::sim::client(&args.kubeconfig, args.server.as_deref()).await?,
+    };
     tracing::info!(node = %cfg.node_name, server = %url, "skiff agent starting");
     skiff_kubelet::run(client, cfg, crate::cmd::scheduler::shutdown_signal()).await
 }

@@ -108,6 +108,8 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         &skiff_pki::PkiOptions { tls_sans: sans, service_ip: Some(IpAddr::V4(service_cidr.nth(1))) },
     )
     .context("setting up the cluster CA and certificates")?;
+    let pki = Arc::new(pki);
+    let token = crate::cmd::join::ensure_token(&args.data_dir, pki.ca_pem())?;
 
     let authn: Option<Arc<dyn Authenticator>> = match &args.token_auth_file {
         Some(p) => Some(Arc::new(TokenFile(skiff_pki::TokenAuthenticator::load(p)?))),
@@ -130,7 +132,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         },
     };
     let api = skiff_apiserver::Api::start(store.clone(), config, authn).await?;
-    let router = skiff_apiserver::router(api.clone());
+    let router = skiff_apiserver::router(api.clone()).merge(crate::cmd::join::router(pki.clone(), &token)?);
 
     let addr = SocketAddr::new(args.bind_address, args.secure_port);
     let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("listening on {addr}"))?;

@@ -207,7 +207,20 @@ impl Cluster {
         kill_entered(self.server.take());
     }
 
-    fn kill_agent(&mut self) {
+    /// Waits for the agent to exit by itself (e.g. a failed join); its exit status.
+    pub fn wait_agent(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Some(st) = self.agent.as_mut()?.try_wait().ok()? {
+                self.agent = None;
+                return Some(st);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        None
+    }
+
+    pub fn kill_agent(&mut self) {
         kill_entered(self.agent.take());
     }
 }
@@ -228,17 +241,25 @@ impl Cluster {
     /// A `skiff agent` of its own (for a server started with `--disable-agent`), with its data
     /// under `agent/` and static pods from `agent/manifests/`.
     pub fn start_agent(&mut self) {
+        let kc = self.kubeconfig.display().to_string();
+        self.start_agent_with(&["--kubeconfig", &kc]);
+    }
+
+    /// The agent with its credentials flags (`--kubeconfig F`, or `--server URL --token-file F`);
+    /// its stderr goes to `agent.log` (appended across starts).
+    pub fn start_agent_with(&mut self, creds: &[&str]) {
         let cgroup_root = format!("/{}", self.ns);
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.join("agent.log")).unwrap();
         let mut cmd = self.enter();
         cmd.arg(env!("CARGO_BIN_EXE_skiff"))
-            .args(["agent", "--kubeconfig"])
-            .arg(&self.kubeconfig)
+            .arg("agent")
+            .args(creds)
             .arg("--data-dir")
             .arg(self.dir.join("agent"))
             .args(["--node-name", "node1", "--node-ip", NODE_IP, "--cgroup-root", &cgroup_root])
             .env("SKIFF_LOG", "info,skiff_kubelet=debug")
             .stdout(Stdio::null())
-            .stderr(std::fs::File::create(self.dir.join("agent.log")).unwrap());
+            .stderr(log);
         self.agent = Some(cmd.spawn().expect("start skiff agent"));
     }
 
