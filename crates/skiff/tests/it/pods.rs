@@ -320,6 +320,17 @@ spec:
     let ticks: Vec<u32> = followed.lines().filter_map(|l| l.strip_prefix("tick-")?.parse().ok()).collect();
     assert!(ticks.len() >= 3 && ticks.windows(2).all(|w| w[1] == w[0] + 1), "follow streamed {followed:?}");
 
+    // attach joins the running container's output stream.
+    for bin in [KUBECTL_127, KUBECTL_133] {
+        let out = c.in_ns(&["timeout", "4", bin, "--kubeconfig", &c.kubeconfig.display().to_string(), "attach", "logger"]);
+        let attached = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            attached.lines().filter(|l| l.starts_with("tick-")).count() >= 2,
+            "{bin} attach: {attached:?} {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
     // Two containers: the API wants one named (kubectl itself defaults to the first); --previous
     // reads the last run of a restarted one.
     let err = String::from_utf8_lossy(&c.kubectl(&["get", "--raw", "/api/v1/namespaces/default/pods/twice/log"]).stderr).into_owned();
