@@ -161,6 +161,24 @@ pub async fn stream(api: &Api, req: axum::extract::Request) -> ApiResult<Respons
             format!("/{verb}/{ns}/{name}/{container}?{query}")
         }
     };
+    let conn = connect(api, &ep).await?;
+    let host = format!("{}:{}", ep.host, ep.port);
+    crate::upgrade::forward(req, conn, &host, &target).await.map_err(ApiError::service_unavailable)
+}
+
+/// `nodes/{name}/proxy[/{path}]`: (node, the path on the kubelet, with its leading slash).
+pub fn node_proxy_path(path: &str) -> Option<(&str, &str)> {
+    let rest = path.strip_prefix("/api/v1/nodes/")?;
+    let (name, rest) = rest.split_once('/')?;
+    let tail = rest.strip_prefix("proxy")?;
+    if !(tail.is_empty() || tail.starts_with('/')) || name.is_empty() {
+        return None;
+    }
+    Some((name, if tail.is_empty() { "/" } else { tail }))
+}
+
+/// Opens a mutual-TLS connection to a kubelet.
+async fn connect(api: &Api, ep: &Endpoint) -> ApiResult<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
     let tls =
         api.config.kubelet_tls.clone().ok_or_else(|| ApiError::service_unavailable("this API server has no kubelet client credentials"))?;
     let tcp = tokio::time::timeout(std::time::Duration::from_secs(10), tokio::net::TcpStream::connect((ep.host.as_str(), ep.port)))
@@ -168,10 +186,24 @@ pub async fn stream(api: &Api, req: axum::extract::Request) -> ApiResult<Respons
         .map_err(|_| ApiError::service_unavailable(format!("the kubelet at {} did not answer in 10 s", ep.url())))?
         .map_err(|e| ApiError::service_unavailable(format!("calling the kubelet at {}: {e}", ep.url())))?;
     let server_name = rustls::pki_types::ServerName::try_from(ep.host.clone()).map_err(|e| ApiError::internal(e.to_string()))?;
-    let conn = tokio_rustls::TlsConnector::from(tls)
+    tokio_rustls::TlsConnector::from(tls)
         .connect(server_name, tcp)
         .await
-        .map_err(|e| ApiError::service_unavailable(format!("TLS to the kubelet at {}: {e}", ep.url())))?;
+        .map_err(|e| ApiError::service_unavailable(format!("TLS to the kubelet at {}: {e}", ep.url())))
+}
+
+/// nodes/{name}/proxy/...: the request as is to the node's kubelet (`kubectl get --raw
+/// /api/v1/nodes/N/proxy/stats/summary`).
+pub async fn node_proxy(api: &Api, req: axum::extract::Request) -> ApiResult<Response> {
+    let path = req.uri().path().to_string();
+    let (name, tail) = node_proxy_path(&path).ok_or_else(ApiError::no_route)?;
+    let node = read_object(api, &format!("/registry/minions/{name}")).await.ok_or_else(|| ApiError::not_found("", "nodes", name))?;
+    let ep = node_endpoint(&node).ok_or_else(|| ApiError::bad_request(format!("node {name:?} has no address to reach its kubelet at")))?;
+    let target = match req.uri().query() {
+        Some(q) => format!("{tail}?{q}"),
+        None => tail.to_string(),
+    };
+    let conn = connect(api, &ep).await?;
     let host = format!("{}:{}", ep.host, ep.port);
     crate::upgrade::forward(req, conn, &host, &target).await.map_err(ApiError::service_unavailable)
 }
@@ -253,5 +285,9 @@ mod tests {
         assert_eq!(node_endpoint(&n).unwrap().url(), "https://10.0.0.5:10250");
         assert!(node_endpoint(&json!({})).is_none());
         assert_eq!(urlencode("2026-01-01T00:00:00Z"), "2026-01-01T00%3A00%3A00Z");
+        assert_eq!(node_proxy_path("/api/v1/nodes/n1/proxy/stats/summary"), Some(("n1", "/stats/summary")));
+        assert_eq!(node_proxy_path("/api/v1/nodes/n1/proxy"), Some(("n1", "/")));
+        assert_eq!(node_proxy_path("/api/v1/nodes/n1/proxyx"), None);
+        assert_eq!(node_proxy_path("/api/v1/nodes/n1/status"), None);
     }
 }

@@ -77,6 +77,9 @@ pub async fn serve(api: Arc<Api>, req: Request<Body>) -> Response {
     if crate::kubelet::stream_path(req.uri().path()).is_some() {
         return crate::kubelet::stream(&api, req).await.unwrap_or_else(|e| e.into_response());
     }
+    if crate::kubelet::node_proxy_path(req.uri().path()).is_some() {
+        return crate::kubelet::node_proxy(&api, req).await.unwrap_or_else(|e| e.into_response());
+    }
     let (parts, body) = req.into_parts();
     let params = Params::parse(parts.uri.query());
     let path = parts.uri.path().to_string();

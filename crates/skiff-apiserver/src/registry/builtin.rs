@@ -120,7 +120,7 @@ pub fn descriptors() -> Vec<Descriptor> {
             .table(columns::PODS),
         res::<core::v1::Node, _>("nodes", "node", "/registry/minions/", Plain)
             .short(&["no"])
-            .subs(&[Status])
+            .subs(&[Status, Proxy])
             .fields(&["spec.unschedulable"])
             .table(columns::NODES),
         res::<core::v1::Service, _>("services", "service", "/registry/services/specs/", ServiceStrategy)

@@ -31,6 +31,8 @@ pub enum Subresource {
     Exec,
     Attach,
     PortForward,
+    /// `nodes/proxy`: any request to the node's kubelet (served before routing, like Exec).
+    Proxy,
 }
 
 impl Subresource {
@@ -45,6 +47,7 @@ impl Subresource {
             Subresource::Exec => "exec",
             Subresource::Attach => "attach",
             Subresource::PortForward => "portforward",
+            Subresource::Proxy => "proxy",
         }
     }
     /// (kind, group, version, verbs) as discovery lists it.
@@ -61,6 +64,7 @@ impl Subresource {
             Subresource::Exec => ("PodExecOptions", "", "v1", &["create", "get"]),
             Subresource::Attach => ("PodAttachOptions", "", "v1", &["create", "get"]),
             Subresource::PortForward => ("PodPortForwardOptions", "", "v1", &["create", "get"]),
+            Subresource::Proxy => ("NodeProxyOptions", "", "v1", &["create", "delete", "get", "patch", "update"]),
         }
     }
 }

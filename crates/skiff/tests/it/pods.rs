@@ -521,6 +521,13 @@ spec:
     }
     let containers = c.ok(&["top", "pod", "busy", "--containers", "--no-headers"]);
     assert!(containers.contains("spin"), "{containers}");
+    // nodes/proxy reaches the kubelet itself.
+    let summary = c.ok(&["get", "--raw", "/api/v1/nodes/node1/proxy/stats/summary"]);
+    let v: serde_json::Value = serde_json::from_str(&summary).unwrap();
+    assert_eq!(v["node"]["nodeName"], "node1", "{summary}");
+    assert!(v["pods"].as_array().is_some_and(|p| p.iter().any(|p| p["podRef"]["name"] == "busy")), "{summary}");
+    let err = String::from_utf8_lossy(&c.kubectl(&["get", "--raw", "/api/v1/nodes/nope/proxy/healthz"]).stderr).into_owned();
+    assert!(err.contains("NotFound") || err.contains("not found"), "{err}");
 }
 
 #[test]
