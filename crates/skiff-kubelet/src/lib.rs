@@ -132,8 +132,9 @@ pub async fn run(client: kube::Client, cfg: Config, shutdown: impl std::future::
         let addr = std::net::SocketAddr::new(IpAddr::from([0, 0, 0, 0]), cfg.kubelet_port);
         let cri = cri.clone();
         let node_name = cfg.node_name.clone();
+        let data_dir = cfg.data_dir.clone();
         tokio::spawn(async move {
-            if let Err(e) = server::serve(addr, tls, cri, node_name).await {
+            if let Err(e) = server::serve(addr, tls, cri, node_name, data_dir).await {
                 tracing::error!(error = format!("{e:#}"), "the kubelet server stopped");
             }
         });

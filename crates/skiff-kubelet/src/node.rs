@@ -69,7 +69,7 @@ fn read_trim(path: &str) -> String {
 }
 
 /// Total and available bytes of the filesystem holding `path`.
-fn statvfs(path: &Path) -> Option<(i64, i64)> {
+pub fn statvfs(path: &Path) -> Option<(i64, i64)> {
     use std::os::unix::ffi::OsStrExt;
     let c = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
     // SAFETY: `c` is a valid NUL-terminated path and `st` is a plain C struct the call fills in.

@@ -35,12 +35,12 @@ fn cert_identity(certs: &[rustls::pki_types::CertificateDer<'static>]) -> Option
     skiff_pki::client_identity(certs).map(|u| skiff_apiserver::UserInfo { name: u.name, groups: u.groups })
 }
 
-pub fn router(cri: Cri, node_name: String) -> Router {
+pub fn router(cri: Cri, node_name: String, data_dir: std::path::PathBuf) -> Router {
     let rates = std::sync::Arc::new(crate::stats::Rates::default());
     let summary = move |State(cri): State<Cri>| {
-        let (rates, node_name) = (rates.clone(), node_name.clone());
+        let (rates, node_name, data_dir) = (rates.clone(), node_name.clone(), data_dir.clone());
         async move {
-            match crate::stats::summary(&cri, &rates, &node_name).await {
+            match crate::stats::summary(&cri, &rates, &node_name, &data_dir).await {
                 Ok(v) => ([("content-type", "application/json")], v.to_string()).into_response(),
                 Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("stats: {}", e.message())),
             }
@@ -63,11 +63,11 @@ pub fn router(cri: Cri, node_name: String) -> Router {
         .with_state(cri)
 }
 
-pub async fn serve(addr: SocketAddr, tls: ServingTls, cri: Cri, node_name: String) -> anyhow::Result<()> {
+pub async fn serve(addr: SocketAddr, tls: ServingTls, cri: Cri, node_name: String, data_dir: std::path::PathBuf) -> anyhow::Result<()> {
     let config = skiff_pki::mtls_server_config(&tls.cert_pem, &tls.key_pem, &tls.client_ca_pem)?;
     let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| anyhow::anyhow!("kubelet server on {addr}: {e}"))?;
     tracing::info!(%addr, "kubelet server listening");
-    skiff_apiserver::server::serve_tls(listener, config, router(cri, node_name), cert_identity, std::future::pending()).await?;
+    skiff_apiserver::server::serve_tls(listener, config, router(cri, node_name, data_dir), cert_identity, std::future::pending()).await?;
     Ok(())
 }
 

@@ -136,7 +136,15 @@ async fn outer(args: &PodStartupArgs, dir: &Path) -> anyhow::Result<()> {
     let containerd = children_all(agent_pid)
         .into_iter()
         .find(|p| std::fs::read_to_string(format!("/proc/{p}/comm")).is_ok_and(|c| c.trim() == "containerd"));
-    println!("agent idle RSS (skiff agent, no pods): {:.1} MiB", rss_mib(agent_pid));
+    let status = std::fs::read_to_string(format!("/proc/{agent_pid}/status")).unwrap_or_default();
+    let field = |k: &str| status.lines().find_map(|l| l.strip_prefix(k)).map(|v| v.trim().to_string()).unwrap_or_default();
+    println!(
+        "agent idle RSS (skiff agent, no pods): {:.1} MiB (anon {}, file {}, threads {})",
+        rss_mib(agent_pid),
+        field("RssAnon:"),
+        field("RssFile:"),
+        field("Threads:")
+    );
     if let Some(c) = containerd {
         println!("containerd RSS (reported separately): {:.1} MiB", rss_mib(c));
     }

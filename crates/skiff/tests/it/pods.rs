@@ -525,7 +525,10 @@ spec:
     let summary = c.ok(&["get", "--raw", "/api/v1/nodes/node1/proxy/stats/summary"]);
     let v: serde_json::Value = serde_json::from_str(&summary).unwrap();
     assert_eq!(v["node"]["nodeName"], "node1", "{summary}");
-    assert!(v["pods"].as_array().is_some_and(|p| p.iter().any(|p| p["podRef"]["name"] == "busy")), "{summary}");
+    let busy = v["pods"].as_array().and_then(|p| p.iter().find(|p| p["podRef"]["name"] == "busy")).cloned().unwrap_or_default();
+    assert!(busy["network"]["interfaces"].as_array().is_some_and(|i| i.iter().any(|i| i["name"] == "eth0")), "pod network stats: {busy}");
+    assert!(busy["containers"][0]["rootfs"]["usedBytes"].is_u64() && busy["containers"][0]["logs"]["usedBytes"].is_u64(), "{busy}");
+    assert!(v["node"]["fs"]["capacityBytes"].as_u64().is_some_and(|b| b > 0), "node fs stats: {summary}");
     let err = String::from_utf8_lossy(&c.kubectl(&["get", "--raw", "/api/v1/nodes/nope/proxy/healthz"]).stderr).into_owned();
     assert!(err.contains("NotFound") || err.contains("not found"), "{err}");
 }
