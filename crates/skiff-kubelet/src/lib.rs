@@ -48,6 +48,8 @@ pub struct Config {
     pub images_dir: Option<PathBuf>,
     /// Static pod manifests (upstream's --pod-manifest-path); None: no file source.
     pub pod_manifest_path: Option<PathBuf>,
+    /// A static pod manifest fetched over HTTP (upstream's --manifest-url).
+    pub manifest_url: Option<String>,
     /// The kubelet's HTTPS port (logs, exec, attach, port-forward, stats).
     pub kubelet_port: u16,
     /// The kubelet's certificate and the CA its clients' certificates come from; without it the
@@ -72,6 +74,7 @@ impl Config {
             resolv_conf: PathBuf::from("/etc/resolv.conf"),
             images_dir: None,
             pod_manifest_path: None,
+            manifest_url: None,
             kubelet_port: node::KUBELET_PORT as u16,
             serving: None,
         }

@@ -76,9 +76,9 @@ impl Manager {
         let mut listing: Option<HashSet<String>> = None;
         let mut reap = tokio::time::interval(Duration::from_secs(5));
         let (static_tx, mut static_rx) = watch::channel(HashMap::<String, Pod>::new());
-        if let Some(dir) = self.shared.cfg.pod_manifest_path.clone() {
+        if self.shared.cfg.pod_manifest_path.is_some() || self.shared.cfg.manifest_url.is_some() {
             let shared = self.shared.clone();
-            tokio::spawn(async move { scan_static(shared, dir, static_tx).await });
+            tokio::spawn(async move { scan_static(shared, static_tx).await });
         }
         let mut statics: HashMap<String, Pod> = HashMap::new();
         loop {
@@ -159,12 +159,35 @@ impl Manager {
 /// Removes sandboxes (and their containers) this kubelet made for pods the API no longer has
 /// on this node, e.g. deleted while the agent was down.
 /// Re-reads the manifest directory every few seconds and keeps the mirror pods in step.
-async fn scan_static(shared: Arc<Shared>, dir: std::path::PathBuf, tx: watch::Sender<HashMap<String, Pod>>) {
+async fn scan_static(shared: Arc<Shared>, tx: watch::Sender<HashMap<String, Pod>>) {
     let mut complained = HashMap::new();
     let mut tick = tokio::time::interval(Duration::from_secs(5));
+    // The URL's pod as last fetched: an unreachable URL keeps it running, as upstream.
+    let mut from_url: Option<(String, Pod)> = None;
     loop {
         tick.tick().await;
-        let pods = static_pods::scan(&dir, &shared.cfg.node_name, &mut complained);
+        let node = &shared.cfg.node_name;
+        let mut pods = match &shared.cfg.pod_manifest_path {
+            Some(dir) => static_pods::scan(dir, node, &mut complained),
+            None => HashMap::new(),
+        };
+        if let Some(url) = &shared.cfg.manifest_url {
+            match static_pods::fetch(url).await.and_then(|body| static_pods::parse(std::path::Path::new(url), &body, node)) {
+                Ok(p) => {
+                    complained.remove(url);
+                    from_url = Some((p.metadata.uid.clone().unwrap_or_default(), p));
+                }
+                Err(e) => {
+                    if complained.get(url) != Some(&e) {
+                        tracing::warn!(error = %e, "static pod from --manifest-url");
+                        complained.insert(url.clone(), e);
+                    }
+                }
+            }
+            if let Some((uid, p)) = &from_url {
+                pods.insert(uid.clone(), p.clone());
+            }
+        }
         let changed = *tx.borrow() != pods;
         if changed && tx.send(pods.clone()).is_err() {
             return;

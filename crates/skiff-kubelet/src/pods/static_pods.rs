@@ -81,6 +81,36 @@ pub fn scan(dir: &Path, node: &str, complained: &mut HashMap<String, String>) ->
     out
 }
 
+/// The body of an `http://host[:port]/path` URL (what --manifest-url serves).
+pub async fn fetch(url: &str) -> Result<Vec<u8>, String> {
+    use http_body_util::BodyExt;
+    let rest = url.strip_prefix("http://").ok_or_else(|| format!("{url}: only http:// manifest URLs are supported"))?;
+    let (host, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/"),
+    };
+    let addr = if host.contains(':') { host.to_string() } else { format!("{host}:80") };
+    let tcp = tokio::time::timeout(std::time::Duration::from_secs(10), tokio::net::TcpStream::connect(&addr))
+        .await
+        .map_err(|_| format!("{url}: connect timed out"))?
+        .map_err(|e| format!("{url}: {e}"))?;
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake::<_, http_body_util::Empty<bytes::Bytes>>(hyper_util::rt::TokioIo::new(tcp))
+            .await
+            .map_err(|e| format!("{url}: {e}"))?;
+    tokio::spawn(conn);
+    let req = hyper::Request::get(path).header("host", host).body(http_body_util::Empty::new()).map_err(|e| e.to_string())?;
+    let resp = tokio::time::timeout(std::time::Duration::from_secs(10), sender.send_request(req))
+        .await
+        .map_err(|_| format!("{url}: timed out"))?
+        .map_err(|e| format!("{url}: {e}"))?;
+    if !resp.status().is_success() {
+        return Err(format!("{url}: {}", resp.status()));
+    }
+    let body = resp.into_body().collect().await.map_err(|e| format!("{url}: {e}"))?.to_bytes();
+    Ok(body.to_vec())
+}
+
 /// The mirror pod the API shows for a static pod: same spec, the mirror annotation, owned by the
 /// Node (so it goes with the Node).
 fn mirror_of(p: &Pod, node: Option<&Node>) -> Pod {

@@ -47,6 +47,9 @@ pub struct AgentFlags {
     /// Static pod manifests (default: `manifests/` in the data dir).
     #[arg(long)]
     pub pod_manifest_path: Option<PathBuf>,
+    /// A static pod manifest to fetch over HTTP (re-read every few seconds).
+    #[arg(long)]
+    pub manifest_url: Option<String>,
     /// The kubelet's HTTPS port (logs, exec, attach, port-forward, stats).
     #[arg(long, default_value_t = 10250)]
     pub kubelet_port: u16,
@@ -80,6 +83,7 @@ impl AgentFlags {
         let manifests = self.pod_manifest_path.clone().unwrap_or(manifests);
         std::fs::create_dir_all(&manifests)?;
         c.pod_manifest_path = Some(manifests);
+        c.manifest_url = self.manifest_url.clone();
         let images = base.join("images");
         std::fs::create_dir_all(&images)?;
         c.images_dir = Some(images);

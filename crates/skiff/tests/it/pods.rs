@@ -666,3 +666,30 @@ fn an_agent_joins_with_the_server_token_and_gets_its_own_certificates() {
     assert_eq!(c.agent_logs().matches("joined the cluster").count(), 1, "{}", c.agent_logs());
     c.wait_jsonpath("pod/hello", "{.status.containerStatuses[0].ready}", t, |s| s == "true");
 }
+
+#[test]
+fn a_static_pod_can_come_from_a_manifest_url() {
+    let c = Cluster::start_with(&["--manifest-url", "http://127.0.0.1:18090/pod.yaml"]);
+    let www = c.dir.join("www");
+    std::fs::create_dir_all(&www).unwrap();
+    std::fs::write(
+        www.join("pod.yaml"),
+        format!("apiVersion: v1\nkind: Pod\nmetadata: {{name: fromurl}}\nspec:\n  containers: [{{name: c, image: {BUSYBOX}, command: [sleep, '3600']}}]\n"),
+    )
+    .unwrap();
+    // busybox httpd in the cluster's network namespace serves the manifest.
+    let mut httpd = std::process::Command::new("nsenter")
+        .arg(format!("--net=/run/netns/{}", c.ns))
+        .args(["--", "/bin/busybox", "httpd", "-f", "-p", "127.0.0.1:18090", "-h"])
+        .arg(&www)
+        .spawn()
+        .unwrap();
+    let t = Duration::from_secs(90);
+    c.wait_jsonpath("pod/fromurl-node1", "{.status.phase}", t, |s| s == "Running");
+    let _ = httpd.kill();
+    let _ = httpd.wait();
+    // The URL going away does not stop the pod.
+    std::thread::sleep(Duration::from_secs(7));
+    assert_eq!(c.jsonpath("pod/fromurl-node1", "{.status.phase}"), "Running");
+    assert!(c.logs().contains("static pod from --manifest-url"), "the unreachable URL is reported");
+}
