@@ -60,6 +60,10 @@ fn run_ok(cmd: &mut Command) -> Output {
     out
 }
 
+/// One container cluster at a time: each runs containerd, runc and CNI work on a 2-core machine,
+/// and several at once starve the timing-sensitive control-plane tests running beside them.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 pub struct Cluster {
     pub ns: String,
     pub dir: PathBuf,
@@ -72,6 +76,8 @@ pub struct Cluster {
     registry: Option<Child>,
     server_logs: u32,
     extra: Vec<String>,
+    /// Released after `drop` has cleaned up (fields drop after `Drop::drop`).
+    _turn: std::sync::MutexGuard<'static, ()>,
 }
 
 impl Cluster {
@@ -80,6 +86,8 @@ impl Cluster {
     }
 
     pub fn start_with(extra: &[&str]) -> Cluster {
+        // A test that panicked while holding the turn still cleaned up in its Drop.
+        let turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
         let id = format!("{:08x}", rand_u64() as u32);
         let ns = format!("skiff-t{id}");
         let dir = std::env::temp_dir().join(format!("skiff-e2e-{id}"));
@@ -96,6 +104,7 @@ impl Cluster {
             registry: None,
             server_logs: 0,
             extra: extra.iter().map(|s| s.to_string()).collect(),
+            _turn: turn,
         };
         // Loopback, and a veth pair so the node has a real InternalIP.
         for args in [
