@@ -7,15 +7,20 @@ use std::path::Path;
 const ROOT: &str = "/sys/fs/cgroup";
 
 /// Removes `parent` (a cgroupfs path such as `/kubepods/besteffort/pod<uid>`) from every
-/// hierarchy, deepest directories first. Busy or missing directories are left alone.
-pub fn remove(parent: &str) {
+/// hierarchy, deepest directories first. Busy directories are left alone; returns whether none
+/// is left.
+pub fn remove(parent: &str) -> bool {
     let rel = parent.trim_start_matches('/');
     if rel.is_empty() {
-        return;
+        return false;
     }
+    let mut gone = true;
     for h in std::fs::read_dir(ROOT).into_iter().flatten().flatten() {
-        remove_tree(&h.path().join(rel));
+        let dir = h.path().join(rel);
+        remove_tree(&dir);
+        gone &= !dir.exists();
     }
+    gone
 }
 
 fn remove_tree(dir: &Path) {
@@ -31,6 +36,6 @@ fn remove_tree(dir: &Path) {
 pub fn remove_pod(root: &str, uid: &str) {
     let root = root.trim_end_matches('/');
     for class in ["", "/burstable", "/besteffort"] {
-        remove(&format!("{root}/kubepods{class}/pod{uid}"));
+        let _ = remove(&format!("{root}/kubepods{class}/pod{uid}"));
     }
 }

@@ -46,9 +46,8 @@ pub fn auth_from_docker_config(doc: &Value, host: &str) -> Option<cri::AuthConfi
 }
 
 fn base64_decode(s: &str) -> Option<String> {
-    // The JSON encoding of a byte string is base64, which k8s-openapi's ByteString decodes.
-    let b: k8s_openapi::ByteString = serde_json::from_value(Value::String(s.into())).ok()?;
-    String::from_utf8(b.0).ok()
+    use base64::Engine;
+    String::from_utf8(base64::engine::general_purpose::STANDARD.decode(s).ok()?).ok()
 }
 
 /// The first matching credentials among the pod's imagePullSecrets (missing secrets are skipped,

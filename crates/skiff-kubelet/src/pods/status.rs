@@ -214,12 +214,6 @@ pub fn build(i: Inputs<'_>, now: Timestamp) -> PodStatus {
     }
 }
 
-/// Whether two statuses differ in anything a reader cares about (so an unchanged sync writes
-/// nothing).
-pub fn differs(a: Option<&PodStatus>, b: &PodStatus) -> bool {
-    a != Some(b)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

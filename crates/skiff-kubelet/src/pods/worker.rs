@@ -80,6 +80,9 @@ pub struct Worker {
     announced: HashSet<String>,
     /// Probe history per (container id, probe kind).
     probes: HashMap<(String, Kind), probes::State>,
+    /// Bumped by every call that may change the runtime's containers (start, kill, remove), so a
+    /// sync that changed nothing reports from the listing it already has.
+    runtime_changes: u64,
 }
 
 /// Where a container goes: its sandbox, the pod's volumes, the pod's runtime facts.
@@ -113,6 +116,7 @@ impl Worker {
             last: None,
             announced: HashSet::new(),
             probes: HashMap::new(),
+            runtime_changes: 0,
         }
     }
 
@@ -126,7 +130,7 @@ impl Worker {
                     self.stop_all(grace, true).await;
                     volumes::teardown(&self.pod_dir());
                     if let Some(p) = &self.last {
-                        crate::cgroups::remove(&spec::cgroup_parent(&self.sh.cfg.cgroup_root, p));
+                        let _ = crate::cgroups::remove(&spec::cgroup_parent(&self.sh.cfg.cgroup_root, p));
                     }
                     return;
                 }
@@ -225,6 +229,7 @@ impl Worker {
 
         // Init containers, in order; app containers only once all of them succeeded.
         let seen = self.seen(&sandbox_id).await?;
+        let changes = self.runtime_changes;
         let mut init_done = true;
         for c in spec.init_containers.iter().flatten() {
             let cur = seen.get(&(c.name.clone(), true)).and_then(|v| v.first());
@@ -280,13 +285,14 @@ impl Worker {
                     }
                     // Created but never started (a start that failed half-way): start it again.
                     Some(s) => {
+                        self.runtime_changes += 1;
                         let _ = self.sh.cri.remove_container(&s.status.id).await;
                         self.start(pod, c, false, s.attempt + 1, &at, &mut sources).await;
                     }
                 }
             }
         }
-        let mut seen = self.seen(&sandbox_id).await?;
+        let mut seen = if self.runtime_changes == changes { seen } else { self.seen(&sandbox_id).await? };
         if init_done {
             let (killed, wait) = self.probe(pod, &spec.containers, &seen, &pod_ip).await;
             next = next.min(wait);
@@ -361,7 +367,8 @@ impl Worker {
 
     /// Stops one container as upstream: its preStop hook first (within the grace period), then
     /// SIGTERM and, after what is left of the grace period, SIGKILL.
-    async fn kill(&self, pod: &Pod, c: Option<&Container>, id: &str, grace: i64, pod_ip: &str) {
+    async fn kill(&mut self, pod: &Pod, c: Option<&Container>, id: &str, grace: i64, pod_ip: &str) {
+        self.runtime_changes += 1;
         kill_container(&self.sh, pod, c, id, grace, pod_ip).await
     }
 
@@ -399,6 +406,7 @@ impl Worker {
     /// Pull (per policy), resolve env and mounts, create and start one container. Failures end
     /// up as the container's waiting reason and a Warning event, never as a worker error.
     async fn start(&mut self, pod: &Pod, c: &Container, init: bool, attempt: u32, at: &Place<'_>, src: &mut Sources) {
+        self.runtime_changes += 1;
         let Place { sandbox_id, sandbox_cfg, vols, rt } = *at;
         let who = Some((c.name.as_str(), init));
         let image_ref = match self.ensure_image(pod, c, init, sandbox_cfg).await {
@@ -727,7 +735,7 @@ impl Worker {
     }
 
     async fn post(&mut self, pod: &Pod, st: PodStatus) -> anyhow::Result<()> {
-        if !status::differs(self.posted.as_ref(), &st) {
+        if self.posted.as_ref() == Some(&st) {
             return Ok(());
         }
         let api: Api<Pod> = Api::namespaced(self.sh.client.clone(), pod.metadata.namespace.as_deref().unwrap_or("default"));
@@ -795,7 +803,6 @@ impl Worker {
             futures::future::join_all(running.iter().map(|(id, c)| kill_container(sh, pod, c.as_ref(), id, grace, &pod_ip))).await;
         }
         // Report the containers' final states before the object goes.
-        let policy = pod.spec.as_ref().and_then(|s| s.restart_policy.clone()).unwrap_or_else(|| "Always".into());
         if let Some(s) = &sandbox {
             let seen = self.seen(&s.id).await?;
             let spec = pod.spec.clone().unwrap_or_default();
@@ -824,10 +831,9 @@ impl Worker {
                 tracing::debug!(error = %e, "final status of a deleted pod");
             }
         }
-        let _ = policy;
         self.stop_all(0, true).await;
         volumes::teardown(&self.pod_dir());
-        crate::cgroups::remove(&spec::cgroup_parent(&self.sh.cfg.cgroup_root, pod));
+        let _ = crate::cgroups::remove(&spec::cgroup_parent(&self.sh.cfg.cgroup_root, pod));
         let _ = std::fs::remove_dir_all(self.log_dir(pod));
         let api: Api<Pod> = Api::namespaced(self.sh.client.clone(), pod.metadata.namespace.as_deref().unwrap_or("default"));
         let dp = DeleteParams {

@@ -296,7 +296,7 @@ async fn inner(args: &PodStartupArgs, kubeconfig: &Path, agent_dir: &Path, cgrou
     for id in ids {
         skiff_kubelet::pods::remove_sandbox(&cri, &id, 0).await;
     }
-    skiff_kubelet::cgroups::remove(cgroup_root);
+    let _ = skiff_kubelet::cgroups::remove(cgroup_root);
 
     let report = |what: &str, s: &mut Samples, f: &mut Samples| {
         let (p50, p99, f50, f99) = (s.quantile(0.5), s.quantile(0.99), f.quantile(0.5), f.quantile(0.99));

@@ -156,16 +156,7 @@ impl Drop for Sandbox {
         }
         // The cgroup root named after the namespace, deepest first, once its processes are gone.
         let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            let mut left = false;
-            for h in std::fs::read_dir("/sys/fs/cgroup").into_iter().flatten().flatten() {
-                let d = h.path().join(&self.ns);
-                skiff_kubelet::cgroups::remove(&format!("/{}", self.ns));
-                left |= d.exists();
-            }
-            if !left {
-                break;
-            }
+        while !skiff_kubelet::cgroups::remove(&format!("/{}", self.ns)) && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(100));
         }
         let _ = Command::new("ip").args(["netns", "del", &self.ns]).status();

@@ -389,7 +389,7 @@ impl Drop for Cluster {
         let cgroup = self.ns.clone();
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
-            if remove_cgroups(&cgroup) {
+            if skiff_kubelet::cgroups::remove(&format!("/{cgroup}")) {
                 break;
             }
             std::thread::sleep(Duration::from_millis(100));
@@ -399,23 +399,4 @@ impl Drop for Cluster {
             let _ = std::fs::remove_dir_all(&self.dir);
         }
     }
-}
-
-/// Removes `/sys/fs/cgroup/*/<name>` trees bottom-up; true when none is left.
-fn remove_cgroups(name: &str) -> bool {
-    fn rm(dir: &Path) {
-        for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-            if e.file_type().is_ok_and(|t| t.is_dir()) {
-                rm(&e.path());
-            }
-        }
-        let _ = std::fs::remove_dir(dir);
-    }
-    let mut left = false;
-    for h in std::fs::read_dir("/sys/fs/cgroup").into_iter().flatten().flatten() {
-        let d = h.path().join(name);
-        rm(&d);
-        left |= d.exists();
-    }
-    !left
 }
