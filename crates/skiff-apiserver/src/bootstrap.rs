@@ -68,6 +68,23 @@ pub async fn ensure_builtin_objects(api: &Api) -> anyhow::Result<()> {
         }),
     )
     .await?;
+    // Upstream's API server keeps the EndpointSlice beside the Endpoints (no managed-by label, so
+    // the EndpointSlice controller leaves it alone); the service proxy programs from slices.
+    let family = if api.config.advertise_address.contains(':') { "IPv6" } else { "IPv4" };
+    create_if_missing(
+        api,
+        "endpointslices",
+        "discovery.k8s.io",
+        Some("default"),
+        json!({
+            "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+            "metadata": {"name": "kubernetes", "labels": {"kubernetes.io/service-name": "kubernetes"}},
+            "addressType": family,
+            "endpoints": [{"addresses": [api.config.advertise_address], "conditions": {"ready": true}}],
+            "ports": [{"name": "https", "port": api.config.secure_port, "protocol": "TCP"}],
+        }),
+    )
+    .await?;
     api.cache.wait_fresh().await.map_err(|e| anyhow::anyhow!(e.message))?;
     Ok(())
 }

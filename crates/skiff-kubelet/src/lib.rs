@@ -18,6 +18,7 @@ pub mod cri;
 pub mod import;
 pub mod labels;
 pub mod logs;
+pub mod network;
 pub mod node;
 mod node_sync;
 pub mod pause;
@@ -55,6 +56,10 @@ pub struct Config {
     /// The kubelet's certificate and the CA its clients' certificates come from; without it the
     /// kubelet serves nothing and `kubectl logs` cannot reach this node.
     pub serving: Option<server::ServingTls>,
+    /// All pod addresses (the controller manager's --cluster-cidr). With it the agent routes
+    /// other nodes' pod CIDRs and masquerades only traffic leaving the cluster (`network.rs`);
+    /// without it each node masquerades whatever leaves its own pod CIDR.
+    pub cluster_cidr: Option<ipnet::Ipv4Net>,
 }
 
 impl Config {
@@ -77,6 +82,7 @@ impl Config {
             manifest_url: None,
             kubelet_port: node::KUBELET_PORT as u16,
             serving: None,
+            cluster_cidr: None,
         }
     }
 
@@ -146,9 +152,16 @@ pub async fn run(client: kube::Client, cfg: Config, shutdown: impl std::future::
     }
     let node = node_sync::NodeSync::new(client.clone(), cfg.clone(), cri.clone(), layout.clone());
     let pods = pods::Manager::new(client.clone(), cfg.clone(), cri.clone());
+    let net = async {
+        match cfg.cluster_cidr {
+            Some(cidr) => network::run(client.clone(), cfg.node_name.clone(), cidr).await,
+            None => std::future::pending().await,
+        }
+    };
     tokio::select! {
         r = node.run() => r?,
         r = pods.run() => r?,
+        r = net => r?,
         _ = shutdown => {}
     }
     if let Some(s) = supervisor {

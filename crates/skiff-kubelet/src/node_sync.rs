@@ -126,7 +126,7 @@ impl NodeSync {
     fn sync_cni(&self, n: &Node) {
         let Some(cidr) = n.spec.as_ref().and_then(|s| s.pod_cidr.as_deref()) else { return };
         let ipam = self.cfg.data_dir.join("cni").join("ipam");
-        match crate::cni::write(&self.layout.cni_conf_dir, cidr, &ipam) {
+        match crate::cni::write(&self.layout.cni_conf_dir, cidr, &ipam, self.cfg.cluster_cidr.is_none()) {
             Ok(true) => tracing::info!(pod_cidr = cidr, "pod network configured"),
             Ok(false) => {}
             Err(e) => tracing::error!(error = %e, "writing the CNI configuration"),

@@ -53,9 +53,41 @@ pub struct AgentFlags {
     /// The kubelet's HTTPS port (logs, exec, attach, port-forward, stats).
     #[arg(long, default_value_t = 10250)]
     pub kubelet_port: u16,
+    /// Do not run the service proxy (Services then need another kube-proxy on this node).
+    #[arg(long)]
+    pub disable_kube_proxy: bool,
 }
 
 impl AgentFlags {
+    /// Starts the service proxy next to the kubelet unless --disable-kube-proxy.
+    pub fn spawn_proxy(
+        &self,
+        client: &kube::Client,
+        cfg: &skiff_kubelet::Config,
+        service_cidr: ipnet::Ipv4Net,
+        stop: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        if self.disable_kube_proxy {
+            return Ok(());
+        }
+        let IpAddr::V4(node_ip) = cfg.node_ip else { anyhow::bail!("the service proxy needs an IPv4 --node-ip") };
+        let pcfg = skiff_proxy::Config {
+            node_name: cfg.node_name.clone(),
+            node_ip,
+            cluster_cidr: cfg.cluster_cidr,
+            service_cidr,
+            nft: Default::default(),
+            manage_host: true,
+        };
+        let client = client.clone();
+        tokio::spawn(async move {
+            if let Err(e) = skiff_proxy::run(client, pcfg, stop).await {
+                tracing::error!(error = format!("{e:#}"), "service proxy stopped");
+            }
+        });
+        Ok(())
+    }
+
     /// `base` holds `manifests/` (static pods, unless --pod-manifest-path says otherwise) and
     /// `images/` (tarballs imported at start).
     pub fn config(&self, data_dir: &Path, base: &Path, default_ip: Option<IpAddr>) -> anyhow::Result<skiff_kubelet::Config> {
@@ -114,12 +146,20 @@ pub struct AgentArgs {
     /// Where the agent keeps containerd's state, CNI config and pod directories.
     #[arg(long, default_value = "/var/lib/skiff/agent")]
     pub data_dir: PathBuf,
+    /// The cluster's pod CIDR (the server's --cluster-cidr): other nodes' pod CIDRs are routed
+    /// and traffic leaving it is masqueraded.
+    #[arg(long, default_value = "10.42.0.0/16")]
+    pub cluster_cidr: ipnet::Ipv4Net,
+    /// The cluster's service CIDR (the server's --service-cidr).
+    #[arg(long, default_value = "10.43.0.0/16")]
+    pub service_cidr: ipnet::Ipv4Net,
     #[command(flatten)]
     pub node: AgentFlags,
 }
 
 pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     let mut cfg = args.node.config(&args.data_dir, &args.data_dir, None)?;
+    cfg.cluster_cidr = Some(args.cluster_cidr);
     let token = match (&args.token, &args.token_file) {
         (Some(t), _) => Some(t.trim().to_string()),
         (None, Some(f)) => {
@@ -137,5 +177,6 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         (None, _) => crate::cmd::sim::client(&args.kubeconfig, args.server.as_deref()).await?,
     };
     tracing::info!(node = %cfg.node_name, server = %url, "skiff agent starting");
+    args.node.spawn_proxy(&client, &cfg, args.service_cidr, std::future::pending())?;
     skiff_kubelet::run(client, cfg, crate::cmd::scheduler::shutdown_signal()).await
 }

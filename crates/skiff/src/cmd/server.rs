@@ -177,8 +177,15 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         let sans = vec![cfg.node_ip.to_string(), cfg.node_name.clone()];
         let (cert_pem, key_pem) = pki.issue_server_cert(&cfg.node_name, &sans, year)?;
         cfg.serving = Some(skiff_kubelet::server::ServingTls { cert_pem, key_pem, client_ca_pem: pki.ca_pem().to_string() });
+        cfg.cluster_cidr = Some(args.controllers.cluster_cidr.parse().map_err(|e| anyhow::anyhow!("--cluster-cidr: {e}"))?);
         let user = format!("system:node:{}", cfg.node_name);
         let client = crate::inprocess::client(router.clone(), &user, &["system:nodes"], "kubelet");
+        let svc_cidr: ipnet::Ipv4Net = args.service_cidr.parse().map_err(|e| anyhow::anyhow!("--service-cidr: {e}"))?;
+        let proxy_client = crate::inprocess::client(router.clone(), &user, &["system:nodes"], "kube-proxy");
+        let mut proxy_stop = stop_rx.clone();
+        args.agent.spawn_proxy(&proxy_client, &cfg, svc_cidr, async move {
+            let _ = proxy_stop.wait_for(|s| *s).await;
+        })?;
         let mut stop = stop_rx.clone();
         components.push(tokio::spawn(async move {
             let stopped = async move {

@@ -17,6 +17,7 @@ mod netns;
 mod nodes;
 mod pods;
 mod scheduler;
+mod services;
 mod sim;
 mod verbs;
 mod watcher;

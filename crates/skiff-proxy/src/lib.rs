@@ -1,0 +1,161 @@
+//! skiff's kube-proxy: an API client that watches Services and EndpointSlices and keeps one
+//! nftables table (`ip skiff`) in line with them. Every sync is one atomic transaction holding
+//! only what changed; a (re)started proxy first reads which chains and sets the table already
+//! has and rewrites it whole in one transaction, so traffic keeps flowing through a restart.
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use ipnet::Ipv4Net;
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Api, Client};
+use tokio::sync::Notify;
+
+pub mod host;
+pub mod model;
+pub mod nft;
+pub mod rules;
+
+/// How long a change waits for the ones right behind it before the sync runs.
+const COALESCE: Duration = Duration::from_millis(50);
+/// A full rewrite now and then repairs anything done to the table behind the proxy's back.
+const FULL_RESYNC: Duration = Duration::from_secs(300);
+
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub node_name: String,
+    /// Source for host-originated traffic to service IPs.
+    pub node_ip: Ipv4Addr,
+    pub cluster_cidr: Option<Ipv4Net>,
+    pub service_cidr: Ipv4Net,
+    pub nft: nft::Nft,
+    /// Host routes and sysctls (off for tests of the rules alone).
+    pub manage_host: bool,
+}
+
+/// Everything the rules are built from, grouped per Service.
+pub fn service_ports(services: &[Arc<Service>], slices: &[Arc<EndpointSlice>], node_name: &str) -> Vec<model::ServicePort> {
+    let mut by_service: BTreeMap<(&str, &str), Vec<&EndpointSlice>> = BTreeMap::new();
+    for s in slices {
+        let ns = s.metadata.namespace.as_deref().unwrap_or_default();
+        if let Some(svc) = s.metadata.labels.as_ref().and_then(|l| l.get(model::SERVICE_NAME_LABEL)) {
+            by_service.entry((ns, svc.as_str())).or_default().push(s);
+        }
+    }
+    let mut out = Vec::new();
+    for svc in services {
+        let key = (svc.metadata.namespace.as_deref().unwrap_or_default(), svc.metadata.name.as_deref().unwrap_or_default());
+        let slices = by_service.get(&key).map(Vec::as_slice).unwrap_or(&[]);
+        out.extend(model::service_ports(svc, slices, node_name));
+    }
+    out
+}
+
+fn watch<K>(api: Api<K>, changed: Arc<Notify>) -> (Store<K>, impl std::future::Future<Output = ()>)
+where
+    K: kube::Resource<DynamicType = ()> + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + Sync + 'static,
+{
+    let (reader, writer) = reflector::store();
+    let stream = reflector::reflector(writer, watcher(api, watcher::Config::default()).default_backoff());
+    let fut = async move {
+        let mut stream = std::pin::pin!(stream);
+        while let Some(ev) = stream.next().await {
+            match ev {
+                Ok(watcher::Event::InitApply(_)) | Ok(watcher::Event::Init) => {}
+                Ok(_) => changed.notify_one(),
+                Err(e) => tracing::debug!(error = %e, "proxy watch error (retrying)"),
+            }
+        }
+    };
+    (reader, fut)
+}
+
+/// Runs until `stop` resolves. The table stays in place when the proxy stops, as upstream's does:
+/// connections keep flowing while it restarts.
+pub async fn run(client: Client, cfg: Config, stop: impl std::future::Future<Output = ()>) -> anyhow::Result<()> {
+    if cfg.manage_host {
+        host::sysctls()?;
+        host::ensure_service_routes(cfg.service_cidr, cfg.node_ip).await?;
+    }
+    let changed = Arc::new(Notify::new());
+    let (services, svc_watch) = watch(Api::<Service>::all(client.clone()), changed.clone());
+    let (slices, slice_watch) = watch(Api::<EndpointSlice>::all(client), changed.clone());
+    let watches = tokio::spawn(async move {
+        tokio::join!(svc_watch, slice_watch);
+    });
+    let _abort = AbortOnDrop(watches);
+    let opts = rules::Options { cluster_cidr: cfg.cluster_cidr, service_cidr: cfg.service_cidr };
+
+    let mut stop = std::pin::pin!(stop);
+    // The first sync waits for complete listings: rules from half a listing would reject
+    // traffic to Services that do have endpoints.
+    tokio::select! {
+        _ = &mut stop => return Ok(()),
+        r = async { tokio::try_join!(services.wait_until_ready(), slices.wait_until_ready()) } => { r?; }
+    }
+    let mut applied: Option<rules::Ruleset> = None;
+    let mut last_full = Instant::now();
+    loop {
+        if last_full.elapsed() >= FULL_RESYNC {
+            applied = None;
+        }
+        let started = Instant::now();
+        let ports = service_ports(&services.state(), &slices.state(), &cfg.node_name);
+        let next = rules::Ruleset::build(&ports, &opts);
+        let result = match &applied {
+            Some(prev) => apply(&cfg.nft, nft::From::Applied(prev), &next).await,
+            None => match cfg.nft.kernel().await {
+                Ok(kernel) => apply(&cfg.nft, nft::From::Kernel(&kernel), &next).await,
+                Err(e) => Err(e),
+            },
+        };
+        match result {
+            Ok(changed) => {
+                if applied.is_none() {
+                    last_full = Instant::now();
+                    tracing::info!(services = ports.len(), ms = started.elapsed().as_millis() as u64, "proxy rules written");
+                } else if changed {
+                    tracing::debug!(services = ports.len(), ms = started.elapsed().as_millis() as u64, "proxy rules synced");
+                }
+                applied = Some(next);
+            }
+            Err(e) => {
+                tracing::warn!(error = format!("{e:#}"), "proxy sync failed; rewriting the table");
+                applied = None;
+                tokio::select! {
+                    _ = &mut stop => return Ok(()),
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                }
+            }
+        }
+        tokio::select! {
+            _ = &mut stop => return Ok(()),
+            _ = changed.notified() => tokio::time::sleep(COALESCE).await,
+            _ = tokio::time::sleep(FULL_RESYNC) => {}
+        }
+    }
+}
+
+/// Applies the step from `from` to `next`; returns whether anything had to change.
+pub async fn apply(nft: &nft::Nft, from: nft::From<'_>, next: &rules::Ruleset) -> anyhow::Result<bool> {
+    let tx = nft::transaction(from, next);
+    if tx.is_noop() {
+        return Ok(false);
+    }
+    nft.apply(&tx.script()).await?;
+    Ok(true)
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}

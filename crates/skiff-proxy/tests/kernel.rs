@@ -1,0 +1,93 @@
+//! The generated transactions against a real kernel, in a network namespace made for each test
+//! (root and nft needed, as for the rest of the suite).
+
+use std::process::Command;
+
+use skiff_proxy::model::{Endpoint, Proto, ServicePort};
+use skiff_proxy::nft::{From, Nft};
+use skiff_proxy::rules::{Options, Ruleset, hash_name};
+
+struct Netns(String);
+
+impl Netns {
+    fn new(tag: &str) -> Netns {
+        let name = format!("skiff-pxt-{}-{tag}", std::process::id());
+        let ok = Command::new("ip").args(["netns", "add", &name]).status().unwrap().success();
+        assert!(ok, "ip netns add {name}");
+        Netns(name)
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+    }
+}
+
+fn opts() -> Options {
+    Options { cluster_cidr: Some("10.42.0.0/16".parse().unwrap()), service_cidr: "10.43.0.0/16".parse().unwrap() }
+}
+
+fn port(name: &str, ip: &str, eps: usize, affinity: Option<u32>) -> ServicePort {
+    ServicePort {
+        id: format!("ns/{name}:http/tcp"),
+        proto: Proto::Tcp,
+        cluster_ips: vec![ip.parse().unwrap()],
+        port: 80,
+        node_port: Some(30000 + (ip.rsplit('.').next().unwrap().parse::<u16>().unwrap())),
+        external_ips: vec!["10.99.0.1".parse().unwrap()],
+        external_local: name.ends_with("local"),
+        internal_local: false,
+        affinity_timeout: affinity,
+        endpoints: (0..eps)
+            .map(|i| Endpoint {
+                ip: format!("10.42.{}.{}", i % 2, 10 + i).parse().unwrap(),
+                port: 8080,
+                local: i % 2 == 0,
+                ready: true,
+                serving: true,
+                terminating: false,
+            })
+            .collect(),
+    }
+}
+
+#[tokio::test]
+async fn transactions_apply_and_converge() {
+    let ns = Netns::new("conv");
+    let nft = Nft::in_netns(&ns.0);
+    let o = opts();
+
+    // A fresh start: a full write.
+    let first =
+        Ruleset::build(&[port("a", "10.43.0.7", 3, None), port("b-local", "10.43.0.8", 2, Some(30)), port("c", "10.43.0.9", 0, None)], &o);
+    let k = nft.kernel().await.unwrap();
+    assert!(k.chains.is_empty());
+    nft.apply(&skiff_proxy::nft::transaction(From::Kernel(&k), &first).script()).await.unwrap();
+    let listed = nft.list().await.unwrap();
+    assert!(listed.contains("10.43.0.7 . tcp . 80 : goto svc-"), "{listed}");
+    assert!(listed.contains("10.43.0.9 . tcp . 80"), "no-endpoint service listed for rejection:\n{listed}");
+
+    // Incremental: b loses affinity and an endpoint, c gains one, a goes away.
+    let second = Ruleset::build(&[port("b-local", "10.43.0.8", 1, None), port("c", "10.43.0.9", 1, None)], &o);
+    nft.apply(&skiff_proxy::nft::transaction(From::Applied(&first), &second).script()).await.unwrap();
+    let k = nft.kernel().await.unwrap();
+    assert!(!k.chains.contains(&hash_name("svc", "ns/a:http/tcp")), "a's chains are gone");
+    assert!(k.chains.contains(&hash_name("svc", "ns/c:http/tcp")));
+    assert!(!k.sets.iter().any(|s| s.starts_with("aff-")), "affinity sets removed: {:?}", k.sets);
+
+    // A restart (full rewrite from the kernel's names) of the same state leaves an identical table.
+    let before = nft.list().await.unwrap();
+    nft.apply(&skiff_proxy::nft::transaction(From::Kernel(&k), &second).script()).await.unwrap();
+    assert_eq!(nft.list().await.unwrap(), before);
+
+    // And a restart into different state removes the strays.
+    let third = Ruleset::build(&[port("d", "10.43.0.10", 2, Some(60))], &o);
+    nft.apply(&skiff_proxy::nft::transaction(From::Kernel(&k), &third).script()).await.unwrap();
+    let k = nft.kernel().await.unwrap();
+    let expected: std::collections::BTreeSet<String> =
+        third.chains.keys().cloned().chain(skiff_proxy::rules::base_chains().iter().map(|c| c.0.to_string())).collect();
+    assert_eq!(k.chains, expected);
+    nft.delete_table().await.unwrap();
+    assert!(nft.kernel().await.unwrap().chains.is_empty());
+}
