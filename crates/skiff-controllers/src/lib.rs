@@ -37,6 +37,7 @@ pub mod podgc;
 pub mod podutil;
 pub mod replicaset;
 pub mod serviceaccount;
+pub mod servicelb;
 pub mod statefulset;
 pub mod ttl;
 
@@ -62,6 +63,8 @@ pub struct Options {
     pub job: job::JobOptions,
     /// `--terminated-pod-gc-threshold` and the pod GC's timing.
     pub pod_gc: podgc::PodGcOptions,
+    /// `--lb-pool`: addresses for Services of type LoadBalancer (None: no LoadBalancer provider).
+    pub lb_pool: Option<ipnet::Ipv4Net>,
     /// When this turns true the controllers stop and the Lease is released.
     pub shutdown: Option<tokio::sync::watch::Receiver<bool>>,
 }
@@ -80,6 +83,7 @@ impl Options {
             node_lifecycle: Default::default(),
             job: Default::default(),
             pod_gc: Default::default(),
+            lb_pool: None,
             shutdown: None,
         }
     }
@@ -89,7 +93,9 @@ impl Options {
 pub async fn run(client: Client, opts: Options) -> anyhow::Result<()> {
     let metrics = opts.metrics.clone();
     let batch = (opts.job.clone(), opts.pod_gc.clone());
-    let work = || run_controllers(client.clone(), metrics.clone(), opts.node_ipam.clone(), opts.node_lifecycle.clone(), batch.clone());
+    let work = || {
+        run_controllers(client.clone(), metrics.clone(), opts.node_ipam.clone(), opts.node_lifecycle.clone(), batch.clone(), opts.lb_pool)
+    };
     if opts.leader_elect {
         let mut lease = skiff_lease::LeaseConfig::new("kube-system", "kube-controller-manager", &opts.identity);
         (lease.lease_duration, lease.renew_deadline, lease.retry) = (opts.lease_duration, opts.renew_deadline, opts.retry_period);
@@ -111,6 +117,7 @@ async fn run_controllers(
     node_ipam: nodeipam::NodeIpamOptions,
     node_lifecycle: nodelifecycle::NodeLifecycleOptions,
     (job_opts, pod_gc): (job::JobOptions, podgc::PodGcOptions),
+    lb_pool: Option<ipnet::Ipv4Net>,
 ) -> anyhow::Result<()> {
     let exp = Arc::new(Expectations::default());
     let mut pods = Informer::new(Api::<Pod>::all(client.clone()));
@@ -127,7 +134,7 @@ async fn run_controllers(
     let mut nodes = Informer::new(Api::<Node>::all(client.clone()));
     let ipam = nodeipam::attach(&mut nodes, node_ipam);
     let (pods_ep, pods_eps) = (pods.subscribe(), pods.subscribe());
-    let (services_ep, services_eps) = (services.subscribe(), services.subscribe());
+    let (services_ep, services_eps, services_lb) = (services.subscribe(), services.subscribe(), services.subscribe());
     let (service_store, node_store) = (services.store(), nodes.store());
     // DaemonSets and StatefulSets share one ControllerRevision watch; DaemonSets also follow nodes.
     let mut revisions = Informer::new(Api::<k8s_openapi::api::apps::v1::ControllerRevision>::all(client.clone()));
@@ -163,7 +170,14 @@ async fn run_controllers(
         deployment::run(client.clone(), &metrics, rs_for_deployments, (pod_store.clone(), pods_deploy)),
         serviceaccount::run(client.clone(), &metrics),
         endpoints::run(client.clone(), &metrics, (service_store.clone(), services_ep), (pod_store.clone(), pods_ep)),
-        endpointslice::run(client.clone(), &metrics, (service_store, services_eps), (pod_store.clone(), pods_eps), node_store.clone()),
+        endpointslice::run(
+            client.clone(),
+            &metrics,
+            (service_store.clone(), services_eps),
+            (pod_store.clone(), pods_eps),
+            node_store.clone()
+        ),
+        servicelb::run(client.clone(), &metrics, (service_store, services_lb), lb_pool),
         nodelifecycle::run(client.clone(), &metrics, node_store, pod_store.clone(), node_lifecycle),
         ipam.run(client.clone(), &metrics),
         revisions.run(),

@@ -12,6 +12,7 @@ mod podstartup;
 mod sandbox;
 mod scheduler;
 mod server;
+mod service;
 mod stats;
 
 #[derive(Subcommand, Debug)]
@@ -32,6 +33,9 @@ pub enum BenchCommand {
     /// raw CRI floor (RunPodSandbox + CreateContainer + StartContainer) in the same run; agent
     /// idle RSS. Runs in its own network/PID/mount namespaces (root, containerd installed).
     PodStartup(podstartup::PodStartupArgs),
+    /// Service proxy: nftables rule sync at 1,000 and 10,000 Services (first write, restart
+    /// rewrite, one Service changing), in a network namespace of its own (root, nft).
+    Service(service::ServiceArgs),
 }
 
 #[derive(Args, Debug)]
@@ -60,5 +64,6 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Apply(args) => apply::run(args).await,
         BenchCommand::Churn(args) => churn::run(args).await,
         BenchCommand::PodStartup(args) => podstartup::run(args).await,
+        BenchCommand::Service(args) => service::run(args).await,
     }
 }

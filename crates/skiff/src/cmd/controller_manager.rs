@@ -37,6 +37,10 @@ pub struct ControllerFlags {
     /// CIDR that each Node's pod CIDR (`spec.podCIDR`) is allocated from.
     #[arg(long, default_value = "10.42.0.0/16")]
     pub cluster_cidr: String,
+    /// Addresses for Services of type LoadBalancer (the bare-metal LoadBalancer provider); without
+    /// it LoadBalancer Services stay pending, as on a cluster without a cloud.
+    #[arg(long)]
+    pub lb_pool: Option<ipnet::Ipv4Net>,
     /// Prefix length of each Node's pod CIDR.
     #[arg(long, default_value_t = 24)]
     pub node_cidr_mask_size: u8,
@@ -107,6 +111,7 @@ impl ControllerFlags {
             pod_failure_backoff: self.job_pod_failure_backoff,
             max_pod_failure_backoff: self.job_max_pod_failure_backoff,
         };
+        opts.lb_pool = self.lb_pool;
         opts.node_ipam = skiff_controllers::nodeipam::NodeIpamOptions::new(&self.cluster_cidr, self.node_cidr_mask_size, service_cidr)
             .map_err(|e| anyhow::anyhow!("--cluster-cidr: {e}"))?;
         Ok(opts)

@@ -9,9 +9,17 @@ use std::time::{Duration, Instant};
 use crate::harness::wait_for;
 use crate::netns::{BUSYBOX, Cluster, NODE_IP};
 
+/// The proxy's table as nft lists it, without the countdowns of remembered affinity clients
+/// (`expires 2h59m58s`), which tick on their own.
 fn nft_table(c: &Cluster) -> String {
     let out = c.in_ns(&["nft", "list", "table", "ip", "skiff"]);
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    let mut s = String::from_utf8_lossy(&out.stdout).into_owned();
+    while let Some(i) = s.find(" expires ") {
+        let rest = &s[i + 9..];
+        let end = rest.find([',', ' ', '}', '\n']).unwrap_or(rest.len());
+        s.replace_range(i..i + 9 + end, "");
+    }
+    s
 }
 
 /// Pages served through `url` by `n` requests from `argv_prefix` (kubectl exec or the node).
@@ -21,7 +29,7 @@ fn backends(get: impl Fn() -> Option<String>, n: usize) -> BTreeSet<String> {
 
 #[test]
 fn cluster_ip_and_node_port_reach_pods_and_rules_follow_the_service() {
-    let mut c = Cluster::start();
+    let mut c = Cluster::start_with(&["--lb-pool", "10.99.0.0/29"]);
     c.wait_jsonpath("node/node1", "{.status.conditions[?(@.type=='Ready')].status}", Duration::from_secs(30), |s| s == "True");
     c.apply(&format!(
         r#"
@@ -49,6 +57,15 @@ spec:
   type: NodePort
   selector: {{app: web}}
   ports: [{{port: 80, targetPort: 8080, nodePort: 30080}}]
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: sticky}}
+spec:
+  type: LoadBalancer
+  selector: {{app: web}}
+  sessionAffinity: ClientIP
+  ports: [{{port: 80, targetPort: 8080}}]
 ---
 apiVersion: v1
 kind: Service
@@ -93,6 +110,18 @@ spec:
     wait_for("the cluster IP from a pod", Duration::from_secs(20), || from_pod(&url));
     let seen = backends(|| from_pod(&url), 30);
     assert_eq!(seen, pods, "30 requests through the cluster IP reach both pods");
+
+    // sessionAffinity ClientIP pins the client to one backend; the LoadBalancer IP from the pool
+    // answers (from a pod: the test's node has no route to the pool, a real router would).
+    let lb = c.wait_jsonpath("service/sticky", "{.status.loadBalancer.ingress[0].ip}", Duration::from_secs(20), |s| !s.is_empty());
+    assert_eq!(lb, "10.99.0.1");
+    let sticky = c.jsonpath("service/sticky", "{.spec.clusterIP}");
+    for target in [sticky, lb] {
+        let url = format!("http://{target}/index.html");
+        wait_for(&format!("{url} from a pod"), Duration::from_secs(20), || from_pod(&url));
+        let seen = backends(|| from_pod(&url), 10);
+        assert_eq!(seen.len(), 1, "{url}: one backend for one client: {seen:?}");
+    }
 
     // From the node itself: cluster IP, NodePort on the node address and on localhost.
     for url in [url.clone(), format!("http://{NODE_IP}:30080/index.html"), "http://127.0.0.1:30080/index.html".to_string()] {
