@@ -85,6 +85,29 @@ pub async fn ensure_builtin_objects(api: &Api) -> anyhow::Result<()> {
         }),
     )
     .await?;
+    // The cluster DNS Service (CoreDNS's name, so tools that look for it find it). It has no
+    // selector: each node's DNS server publishes itself as an endpoint (skiff-dns), and Local
+    // internal traffic keeps a pod's queries on its own node.
+    let dns_ip = api.config.service_cidr.nth(10).to_string();
+    // Not fatal: a cluster whose data predates it may have given that address to another Service.
+    if let Err(e) = create_if_missing(
+        api,
+        "services",
+        "",
+        Some("kube-system"),
+        json!({
+            "apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": "kube-dns", "labels": {"k8s-app": "kube-dns", "kubernetes.io/cluster-service": "true", "kubernetes.io/name": "skiff-dns"}},
+            "spec": {"type": "ClusterIP", "clusterIP": dns_ip, "internalTrafficPolicy": "Local", "ports": [
+                {"name": "dns", "port": 53, "protocol": "UDP", "targetPort": 10053},
+                {"name": "dns-tcp", "port": 53, "protocol": "TCP", "targetPort": 10053},
+            ]},
+        }),
+    )
+    .await
+    {
+        tracing::warn!(error = %e, "no kube-dns Service: cluster DNS is unreachable through its address");
+    }
     api.cache.wait_fresh().await.map_err(|e| anyhow::anyhow!(e.message))?;
     Ok(())
 }

@@ -60,6 +60,11 @@ pub struct Config {
     /// other nodes' pod CIDRs and masquerades only traffic leaving the cluster (`network.rs`);
     /// without it each node masquerades whatever leaves its own pod CIDR.
     pub cluster_cidr: Option<ipnet::Ipv4Net>,
+    /// The cluster DNS servers ClusterFirst pods use (upstream's --cluster-dns); empty: pods get
+    /// the node's resolvers, as upstream without cluster DNS.
+    pub cluster_dns: Vec<IpAddr>,
+    /// The cluster's DNS domain (upstream's --cluster-domain).
+    pub cluster_domain: String,
 }
 
 impl Config {
@@ -83,6 +88,8 @@ impl Config {
             kubelet_port: node::KUBELET_PORT as u16,
             serving: None,
             cluster_cidr: None,
+            cluster_dns: Vec::new(),
+            cluster_domain: "cluster.local".into(),
         }
     }
 

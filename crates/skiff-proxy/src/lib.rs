@@ -8,19 +8,15 @@ use std::net::Ipv4Addr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures::StreamExt;
 use ipnet::Ipv4Net;
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use kube::runtime::reflector::{self, Store};
-use kube::runtime::{WatchStreamExt, watcher};
-use kube::{Api, Client};
-use tokio::sync::Notify;
 
 pub mod host;
 pub mod model;
 pub mod nft;
 pub mod rules;
+pub mod watch;
 
 /// How long a change waits for the ones right behind it before the sync runs.
 const COALESCE: Duration = Duration::from_millis(50);
@@ -57,39 +53,13 @@ pub fn service_ports(services: &[Arc<Service>], slices: &[Arc<EndpointSlice>], n
     out
 }
 
-fn watch<K>(api: Api<K>, changed: Arc<Notify>) -> (Store<K>, impl std::future::Future<Output = ()>)
-where
-    K: kube::Resource<DynamicType = ()> + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + Sync + 'static,
-{
-    let (reader, writer) = reflector::store();
-    let stream = reflector::reflector(writer, watcher(api, watcher::Config::default()).default_backoff());
-    let fut = async move {
-        let mut stream = std::pin::pin!(stream);
-        while let Some(ev) = stream.next().await {
-            match ev {
-                Ok(watcher::Event::InitApply(_)) | Ok(watcher::Event::Init) => {}
-                Ok(_) => changed.notify_one(),
-                Err(e) => tracing::debug!(error = %e, "proxy watch error (retrying)"),
-            }
-        }
-    };
-    (reader, fut)
-}
-
 /// Runs until `stop` resolves. The table stays in place when the proxy stops, as upstream's does:
 /// connections keep flowing while it restarts.
-pub async fn run(client: Client, cfg: Config, stop: impl std::future::Future<Output = ()>) -> anyhow::Result<()> {
+pub async fn run(mut watched: watch::Services, cfg: Config, stop: impl std::future::Future<Output = ()>) -> anyhow::Result<()> {
     if cfg.manage_host {
         host::sysctls()?;
         host::ensure_service_routes(cfg.service_cidr, cfg.node_ip).await?;
     }
-    let changed = Arc::new(Notify::new());
-    let (services, svc_watch) = watch(Api::<Service>::all(client.clone()), changed.clone());
-    let (slices, slice_watch) = watch(Api::<EndpointSlice>::all(client), changed.clone());
-    let watches = tokio::spawn(async move {
-        tokio::join!(svc_watch, slice_watch);
-    });
-    let _abort = AbortOnDrop(watches);
     let opts = rules::Options { cluster_cidr: cfg.cluster_cidr, service_cidr: cfg.service_cidr };
 
     let mut stop = std::pin::pin!(stop);
@@ -97,7 +67,7 @@ pub async fn run(client: Client, cfg: Config, stop: impl std::future::Future<Out
     // traffic to Services that do have endpoints.
     tokio::select! {
         _ = &mut stop => return Ok(()),
-        r = async { tokio::try_join!(services.wait_until_ready(), slices.wait_until_ready()) } => { r?; }
+        r = watched.ready() => { r?; }
     }
     let mut applied: Option<rules::Ruleset> = None;
     let mut last_full = Instant::now();
@@ -106,7 +76,7 @@ pub async fn run(client: Client, cfg: Config, stop: impl std::future::Future<Out
             applied = None;
         }
         let started = Instant::now();
-        let ports = service_ports(&services.state(), &slices.state(), &cfg.node_name);
+        let ports = service_ports(&watched.services.state(), &watched.slices.state(), &cfg.node_name);
         let next = rules::Ruleset::build(&ports, &opts);
         let result = match &applied {
             Some(prev) => apply(&cfg.nft, nft::From::Applied(prev), &next).await,
@@ -136,7 +106,7 @@ pub async fn run(client: Client, cfg: Config, stop: impl std::future::Future<Out
         }
         tokio::select! {
             _ = &mut stop => return Ok(()),
-            _ = changed.notified() => tokio::time::sleep(COALESCE).await,
+            _ = watched.changed() => tokio::time::sleep(COALESCE).await,
             _ = tokio::time::sleep(FULL_RESYNC) => {}
         }
     }
@@ -150,12 +120,4 @@ pub async fn apply(nft: &nft::Nft, from: nft::From<'_>, next: &rules::Ruleset) -
     }
     nft.apply(&tx.script()).await?;
     Ok(true)
-}
-
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
 }

@@ -41,10 +41,24 @@ enum Command {
     Bench(bench::BenchCommand),
 }
 
+/// SKIFF_LOG (default info). hickory-server logs every DNS query at info, which on a node
+/// answering its pods' lookups would be most of the log and much of the DNS cost, so its
+/// crates stay at warn unless SKIFF_LOG names them.
+fn log_filter() -> tracing_subscriber::EnvFilter {
+    let spec = std::env::var("SKIFF_LOG").unwrap_or_else(|_| "info".into());
+    let mut filter = tracing_subscriber::EnvFilter::try_new(&spec).unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    if !spec.contains("hickory") {
+        for d in ["hickory_server=warn", "hickory_proto=warn", "hickory_resolver=warn", "hickory_net=warn"] {
+            filter = filter.add_directive(d.parse().expect("static directive"));
+        }
+    }
+    filter
+}
+
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("SKIFF_LOG").unwrap_or_else(|_| "info".into()))
+        .with_env_filter(log_filter())
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();

@@ -36,7 +36,7 @@ pub struct Shared {
     pub events: skiff_controllers::events::Recorder,
     pub node_memory: i64,
     pub node_cpus: i64,
-    pub host_resolv: String,
+    pub dns: spec::NodeDns,
 }
 
 pub struct Manager {
@@ -52,18 +52,14 @@ type Slot = watch::Sender<Option<Arc<Pod>>>;
 impl Manager {
     pub fn new(client: kube::Client, cfg: Config, cri: Cri) -> Manager {
         let readings = crate::node::Readings::read(&cfg.data_dir);
-        let host_resolv = std::fs::read_to_string(&cfg.resolv_conf).unwrap_or_default();
+        let dns = spec::NodeDns {
+            host_resolv: std::fs::read_to_string(&cfg.resolv_conf).unwrap_or_default(),
+            cluster_dns: cfg.cluster_dns.clone(),
+            domain: cfg.cluster_domain.clone(),
+        };
         let events = skiff_controllers::events::Recorder::new(client.clone(), "kubelet").on_host(&cfg.node_name);
         Manager {
-            shared: Arc::new(Shared {
-                client,
-                cfg,
-                cri,
-                events,
-                node_memory: readings.memory_total,
-                node_cpus: readings.cpus,
-                host_resolv,
-            }),
+            shared: Arc::new(Shared { client, cfg, cri, events, node_memory: readings.memory_total, node_cpus: readings.cpus, dns }),
             statics: Default::default(),
         }
     }

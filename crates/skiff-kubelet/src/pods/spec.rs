@@ -107,27 +107,66 @@ pub fn hostname(pod: &Pod) -> String {
     h
 }
 
-/// DNS for the sandbox. Without a cluster DNS service yet, ClusterFirst falls back to the node's
-/// resolver configuration, as upstream's kubelet does when it has no clusterDNS; `None` policy
-/// takes only the pod's dnsConfig.
-pub fn dns_config(pod: &Pod, host_resolv: &str) -> cri::DnsConfig {
-    let spec = pod.spec.as_ref();
-    let policy = spec.and_then(|s| s.dns_policy.as_deref()).unwrap_or("ClusterFirst");
-    let mut d = cri::DnsConfig::default();
-    if policy != "None" {
-        for line in host_resolv.lines() {
-            let mut f = line.split_whitespace();
-            match f.next() {
-                Some("nameserver") => d.servers.extend(f.next().map(str::to_string)),
-                Some("search") => d.searches.extend(f.map(str::to_string)),
-                Some("options") => d.options.extend(f.map(str::to_string)),
-                _ => {}
-            }
+/// What the node knows about name resolution: its own resolver configuration and the cluster
+/// DNS (upstream's --resolv-conf, --cluster-dns and --cluster-domain).
+#[derive(Clone, Debug, Default)]
+pub struct NodeDns {
+    pub host_resolv: String,
+    pub cluster_dns: Vec<std::net::IpAddr>,
+    pub domain: String,
+}
+
+/// Upstream's limits on what goes into a pod's resolv.conf.
+const MAX_NAMESERVERS: usize = 3;
+const MAX_SEARCHES: usize = 32;
+
+fn push_unique(list: &mut Vec<String>, items: impl IntoIterator<Item = String>) {
+    for i in items {
+        if !list.contains(&i) {
+            list.push(i);
         }
     }
+}
+
+/// DNS for the sandbox by dnsPolicy, as upstream's kubelet: ClusterFirst (for hostNetwork pods
+/// only with ClusterFirstWithHostNet) gets the cluster DNS, the pod's namespace search path
+/// before the node's and `ndots:5`; Default gets the node's resolvers; None only the pod's
+/// dnsConfig, which every policy merges last (options override by name). Without a cluster
+/// DNS, ClusterFirst falls back to Default as upstream does.
+pub fn dns_config(pod: &Pod, node: &NodeDns) -> cri::DnsConfig {
+    let spec = pod.spec.as_ref();
+    let policy = spec.and_then(|s| s.dns_policy.as_deref()).unwrap_or("ClusterFirst");
+    let host_network = spec.and_then(|s| s.host_network).unwrap_or(false);
+    let cluster = !node.cluster_dns.is_empty()
+        && match policy {
+            "ClusterFirstWithHostNet" => true,
+            "ClusterFirst" => !host_network,
+            _ => false,
+        };
+    let (mut servers, mut searches, mut options) = (Vec::new(), Vec::new(), Vec::new());
+    for line in node.host_resolv.lines() {
+        let mut f = line.split_whitespace();
+        match f.next() {
+            Some("nameserver") => servers.extend(f.next().map(str::to_string)),
+            Some("search") => searches.extend(f.map(str::to_string)),
+            Some("options") => options.extend(f.map(str::to_string)),
+            _ => {}
+        }
+    }
+    let mut d = cri::DnsConfig::default();
+    if cluster {
+        let ns = pod.metadata.namespace.as_deref().unwrap_or("default");
+        d.servers = node.cluster_dns.iter().map(|ip| ip.to_string()).collect();
+        let domain = node.domain.trim_end_matches('.');
+        push_unique(&mut d.searches, [format!("{ns}.svc.{domain}"), format!("svc.{domain}"), domain.to_string()]);
+        push_unique(&mut d.searches, searches);
+        d.options = vec!["ndots:5".into()];
+    } else if policy != "None" {
+        (d.servers, d.searches, d.options) = (servers, searches, options);
+    }
     if let Some(extra) = spec.and_then(|s| s.dns_config.as_ref()) {
-        d.servers.extend(extra.nameservers.iter().flatten().cloned());
-        d.searches.extend(extra.searches.iter().flatten().cloned());
+        push_unique(&mut d.servers, extra.nameservers.iter().flatten().cloned());
+        push_unique(&mut d.searches, extra.searches.iter().flatten().cloned());
         for o in extra.options.iter().flatten() {
             let Some(name) = &o.name else { continue };
             d.options.retain(|x| x.split(':').next() != Some(name));
@@ -137,6 +176,8 @@ pub fn dns_config(pod: &Pod, host_resolv: &str) -> cri::DnsConfig {
             });
         }
     }
+    d.servers.truncate(MAX_NAMESERVERS);
+    d.searches.truncate(MAX_SEARCHES);
     d
 }
 
@@ -157,7 +198,7 @@ fn port_mappings(pod: &Pod) -> Vec<cri::PortMapping> {
         .collect()
 }
 
-pub fn sandbox_config(pod: &Pod, attempt: u32, cgroup_root: &str, log_dir: &str, host_resolv: &str) -> cri::PodSandboxConfig {
+pub fn sandbox_config(pod: &Pod, attempt: u32, cgroup_root: &str, log_dir: &str, dns: &NodeDns) -> cri::PodSandboxConfig {
     let m = &pod.metadata;
     let spec = pod.spec.as_ref();
     let psc = spec.and_then(|s| s.security_context.as_ref());
@@ -174,7 +215,7 @@ pub fn sandbox_config(pod: &Pod, attempt: u32, cgroup_root: &str, log_dir: &str,
         }),
         hostname: if spec.and_then(|s| s.host_network).unwrap_or(false) { String::new() } else { hostname(pod) },
         log_directory: log_dir.into(),
-        dns_config: Some(dns_config(pod, host_resolv)),
+        dns_config: Some(dns_config(pod, dns)),
         port_mappings: port_mappings(pod),
         labels: pod_labels(pod),
         annotations,
@@ -358,15 +399,51 @@ mod tests {
         assert_eq!(r.oom_score_adj, 1000 - 1000 * 32 / 1024);
     }
 
+    fn node_dns(cluster: bool) -> NodeDns {
+        NodeDns {
+            host_resolv: "nameserver 10.0.0.2\nsearch example.internal\noptions ndots:1 edns0\n".into(),
+            cluster_dns: if cluster { vec!["10.43.0.10".parse().unwrap()] } else { vec![] },
+            domain: "cluster.local".into(),
+        }
+    }
+
     #[test]
-    fn dns_takes_the_host_resolver_and_the_pod_dns_config() {
-        let p = pod(
-            serde_json::json!({"spec": {"containers": [], "dnsConfig": {"nameservers": ["1.2.3.4"], "options": [{"name": "ndots", "value": "2"}]}}}),
+    fn cluster_first_gets_the_cluster_dns_and_search_path() {
+        let p = pod(serde_json::json!({"metadata": {"namespace": "team"}, "spec": {"containers": []}}));
+        let d = dns_config(&p, &node_dns(true));
+        assert_eq!(d.servers, ["10.43.0.10"]);
+        assert_eq!(d.searches, ["team.svc.cluster.local", "svc.cluster.local", "cluster.local", "example.internal"]);
+        assert_eq!(d.options, ["ndots:5"]);
+        // Without a cluster DNS, ClusterFirst is the node's configuration.
+        assert_eq!(dns_config(&p, &node_dns(false)).servers, ["10.0.0.2"]);
+    }
+
+    #[test]
+    fn host_network_and_default_policies_get_the_node_resolver() {
+        let host = pod(serde_json::json!({"spec": {"hostNetwork": true, "containers": []}}));
+        assert_eq!(dns_config(&host, &node_dns(true)).servers, ["10.0.0.2"]);
+        let with = pod(serde_json::json!({"spec": {"hostNetwork": true, "dnsPolicy": "ClusterFirstWithHostNet", "containers": []}}));
+        assert_eq!(dns_config(&with, &node_dns(true)).servers, ["10.43.0.10"]);
+        let default = pod(serde_json::json!({"spec": {"dnsPolicy": "Default", "containers": []}}));
+        let d = dns_config(&default, &node_dns(true));
+        assert_eq!(
+            (d.servers, d.searches, d.options),
+            (vec!["10.0.0.2".to_string()], vec!["example.internal".to_string()], vec!["ndots:1".to_string(), "edns0".into()])
         );
-        let d = dns_config(&p, "nameserver 10.0.0.2\nsearch example.internal\noptions ndots:5 edns0\n");
-        assert_eq!(d.servers, ["10.0.0.2", "1.2.3.4"]);
-        assert_eq!(d.searches, ["example.internal"]);
-        assert_eq!(d.options, ["edns0", "ndots:2"]);
+    }
+
+    #[test]
+    fn dns_config_merges_last_and_none_takes_only_it() {
+        let p = pod(
+            serde_json::json!({"spec": {"containers": [], "dnsConfig": {"nameservers": ["1.2.3.4"], "searches": ["x.test"], "options": [{"name": "ndots", "value": "2"}, {"name": "edns0"}]}}}),
+        );
+        let d = dns_config(&p, &node_dns(true));
+        assert_eq!(d.servers, ["10.43.0.10", "1.2.3.4"]);
+        assert_eq!(d.searches.last().map(String::as_str), Some("x.test"));
+        assert_eq!(d.options, ["ndots:2", "edns0"]);
+        let none = pod(serde_json::json!({"spec": {"dnsPolicy": "None", "containers": [], "dnsConfig": {"nameservers": ["1.2.3.4"]}}}));
+        let d = dns_config(&none, &node_dns(true));
+        assert_eq!((d.servers, d.searches, d.options), (vec!["1.2.3.4".to_string()], vec![], vec![]));
     }
 
     #[test]

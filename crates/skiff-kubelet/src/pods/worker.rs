@@ -590,7 +590,7 @@ impl Worker {
         let cfg = &self.sh.cfg;
         if let Some(s) = sandboxes.iter().find(|s| s.state == cri::PodSandboxState::SandboxReady as i32) {
             let attempt = s.metadata.as_ref().map(|m| m.attempt).unwrap_or(0);
-            let sc = spec::sandbox_config(pod, attempt, &cfg.cgroup_root, &log_dir.display().to_string(), &self.sh.host_resolv);
+            let sc = spec::sandbox_config(pod, attempt, &cfg.cgroup_root, &log_dir.display().to_string(), &self.sh.dns);
             return Ok(Some((s.id.clone(), sc)));
         }
         if let Err(_wait) = gate(&mut self.sandbox_backoff, "sandbox", Instant::now()) {
@@ -608,7 +608,7 @@ impl Worker {
         }
         let attempt = sandboxes.first().and_then(|s| s.metadata.as_ref()).map(|m| m.attempt + 1).unwrap_or(0);
         std::fs::create_dir_all(&log_dir)?;
-        let sc = spec::sandbox_config(pod, attempt, &cfg.cgroup_root, &log_dir.display().to_string(), &self.sh.host_resolv);
+        let sc = spec::sandbox_config(pod, attempt, &cfg.cgroup_root, &log_dir.display().to_string(), &self.sh.dns);
         let req = cri::RunPodSandboxRequest { config: Some(sc.clone()), runtime_handler: String::new() };
         match self.sh.cri.runtime.clone().run_pod_sandbox(req).await {
             Ok(r) => {

@@ -14,6 +14,7 @@ mod scheduler;
 mod server;
 mod service;
 mod stats;
+mod traffic;
 
 #[derive(Subcommand, Debug)]
 pub enum BenchCommand {

@@ -323,7 +323,7 @@ async fn raw_cri(cri: &Cri, name: &str, image: &str, cgroup_root: &str, log_dir:
     pod.metadata.uid = Some(format!("{:032x}", rand::random::<u128>()));
     let logs = log_dir.join(name);
     std::fs::create_dir_all(&logs)?;
-    let sc = spec::sandbox_config(&pod, 0, cgroup_root, &logs.display().to_string(), "");
+    let sc = spec::sandbox_config(&pod, 0, cgroup_root, &logs.display().to_string(), &Default::default());
     let c = pod.spec.as_ref().expect("spec").containers[0].clone();
     let cc = spec::container_config(spec::ContainerInput {
         pod: &pod,

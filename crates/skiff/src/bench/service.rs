@@ -4,8 +4,8 @@
 //! endpoints changing (the common case), each split into building the transaction and the
 //! kernel applying it.
 //!
-//! Not measured yet (issue 7 keeps them open): requests/s through a cluster IP against the pod IP,
-//! DNS queries/s.
+//! Then the data path with the largest table loaded (`traffic.rs`): requests/s to a pod through
+//! its cluster IP against straight to its pod IP, and DNS queries/s and latency from a pod.
 
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
@@ -16,6 +16,7 @@ use skiff_proxy::nft::{From, Nft, transaction};
 use skiff_proxy::rules::{Options, Ruleset};
 
 use super::stats::{Samples, ms};
+use super::traffic;
 
 #[derive(Args, Debug)]
 pub struct ServiceArgs {
@@ -28,6 +29,12 @@ pub struct ServiceArgs {
     /// Single-Service changes timed per size.
     #[arg(long, default_value_t = 20)]
     pub changes: usize,
+    /// Seconds per data-path measurement (0: rule sync only).
+    #[arg(long, default_value_t = 5.0)]
+    pub traffic_seconds: f64,
+    /// Concurrent clients in the data-path measurements.
+    #[arg(long, default_value_t = 2)]
+    pub clients: usize,
 }
 
 fn ip(base: u32, n: u32) -> Ipv4Addr {
@@ -130,6 +137,68 @@ pub async fn run(args: ServiceArgs) -> anyhow::Result<()> {
             size as f64 / (1024.0 * 1024.0)
         );
     }
+    if args.traffic_seconds > 0.0 {
+        data_path(&args, &ns.0, &nft, &opts).await?;
+    }
     nft.delete_table().await?;
+    Ok(())
+}
+
+fn one_backend(id: &str, proto: Proto, cluster_ip: Ipv4Addr, port: u16, backend: Ipv4Addr, backend_port: u16) -> ServicePort {
+    ServicePort {
+        id: id.into(),
+        proto,
+        cluster_ips: vec![cluster_ip],
+        port,
+        node_port: None,
+        external_ips: vec![],
+        external_local: false,
+        internal_local: false,
+        affinity_timeout: None,
+        endpoints: vec![Endpoint { ip: backend, port: backend_port, local: true, ready: true, serving: true, terminating: false }],
+    }
+}
+
+async fn data_path(args: &ServiceArgs, node: &str, nft: &Nft, opts: &Options) -> anyhow::Result<()> {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let n = args.services.iter().copied().max().unwrap_or(1000);
+    let pods = Arc::new(traffic::Pods::create(node)?);
+    let stop = Arc::new(AtomicBool::new(false));
+    traffic::serve_http(&pods, stop.clone())?;
+    let zone = traffic::zone_services(n);
+    let _dns = traffic::serve_dns(node, &zone).await?;
+    let mut all = ports(n, args.endpoints, 0);
+    all.push(one_backend("bench/web:http/tcp", Proto::Tcp, traffic::SERVICE_IP, 80, traffic::SERVER_IP, traffic::ENDPOINT_PORT));
+    all.push(one_backend("kube-system/kube-dns:dns/udp", Proto::Udp, traffic::DNS_IP, 53, traffic::NODE_CLIENT_SIDE, 10053));
+    nft.delete_table().await?;
+    let empty = nft.kernel().await?;
+    nft.apply(&transaction(From::Kernel(&empty), &Ruleset::build(&all, opts)).script()).await?;
+
+    let (secs, clients) = (args.traffic_seconds, args.clients);
+    let rate = |target: Ipv4Addr, port: u16, secs: f64| {
+        let pods = pods.clone();
+        tokio::task::spawn_blocking(move || traffic::http_rate(&pods, target, port, clients, secs))
+    };
+    // Warm both paths, then alternate so drift on a noisy machine hits both alike.
+    rate(traffic::SERVER_IP, traffic::DIRECT_PORT, 0.5).await??;
+    rate(traffic::SERVICE_IP, 80, 0.5).await??;
+    let (mut direct, mut via, mut failed) = (0.0, 0.0, 0);
+    for _ in 0..2 {
+        let (d, f1) = rate(traffic::SERVER_IP, traffic::DIRECT_PORT, secs / 2.0).await??;
+        let (v, f2) = rate(traffic::SERVICE_IP, 80, secs / 2.0).await??;
+        direct += d / 2.0;
+        via += v / 2.0;
+        failed += f1 + f2;
+    }
+    println!();
+    println!(
+        "HTTP from a pod to a pod on this node ({n} Services in the table, {clients} clients, new connection per request): pod IP {direct:.0} req/s, cluster IP {via:.0} req/s, ratio {:.3} ({failed} failed)",
+        via / direct
+    );
+    let pods2 = pods.clone();
+    let (qps, mut samples, dns_failed) = tokio::task::spawn_blocking(move || traffic::dns_rate(&pods2, n, clients, secs)).await??;
+    traffic::print_dns(qps, &mut samples, dns_failed, n, clients);
+    stop.store(true, Ordering::Relaxed);
     Ok(())
 }

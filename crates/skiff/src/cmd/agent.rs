@@ -56,35 +56,77 @@ pub struct AgentFlags {
     /// Do not run the service proxy (Services then need another kube-proxy on this node).
     #[arg(long)]
     pub disable_kube_proxy: bool,
+    /// The cluster DNS address pods get as their nameserver (default: the 10th address of the
+    /// service CIDR, the kube-dns Service).
+    #[arg(long)]
+    pub cluster_dns: Option<std::net::Ipv4Addr>,
+    /// The cluster's DNS domain.
+    #[arg(long, default_value = "cluster.local")]
+    pub cluster_domain: String,
+    /// Do not run this node's DNS server (pods still get --cluster-dns; another DNS must answer).
+    #[arg(long)]
+    pub disable_cluster_dns: bool,
 }
 
 impl AgentFlags {
-    /// Starts the service proxy next to the kubelet unless --disable-kube-proxy.
-    pub fn spawn_proxy(
+    /// The kube-dns address for this service CIDR.
+    pub fn cluster_dns_ip(&self, service_cidr: ipnet::Ipv4Net) -> std::net::Ipv4Addr {
+        self.cluster_dns.unwrap_or_else(|| {
+            let base = u32::from(service_cidr.network());
+            std::net::Ipv4Addr::from(base + 10)
+        })
+    }
+
+    /// Starts what serves Services on this node next to the kubelet: the service proxy (unless
+    /// --disable-kube-proxy) and the node's cluster DNS (unless --disable-cluster-dns), both on one
+    /// watch of Services and EndpointSlices. They stop when `stop` turns true.
+    pub fn spawn_services(
         &self,
         client: &kube::Client,
         cfg: &skiff_kubelet::Config,
         service_cidr: ipnet::Ipv4Net,
-        stop: impl std::future::Future<Output = ()> + Send + 'static,
+        stop: tokio::sync::watch::Receiver<bool>,
     ) -> anyhow::Result<()> {
-        if self.disable_kube_proxy {
+        if self.disable_kube_proxy && self.disable_cluster_dns {
             return Ok(());
         }
-        let IpAddr::V4(node_ip) = cfg.node_ip else { anyhow::bail!("the service proxy needs an IPv4 --node-ip") };
-        let pcfg = skiff_proxy::Config {
-            node_name: cfg.node_name.clone(),
-            node_ip,
-            cluster_cidr: cfg.cluster_cidr,
-            service_cidr,
-            nft: Default::default(),
-            manage_host: true,
+        let IpAddr::V4(node_ip) = cfg.node_ip else { anyhow::bail!("the service proxy and cluster DNS need an IPv4 --node-ip") };
+        let watched = skiff_proxy::watch::Services::watch(client.clone());
+        let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+            let _ = rx.wait_for(|s| *s).await;
         };
-        let client = client.clone();
-        tokio::spawn(async move {
-            if let Err(e) = skiff_proxy::run(client, pcfg, stop).await {
-                tracing::error!(error = format!("{e:#}"), "service proxy stopped");
-            }
-        });
+        if !self.disable_kube_proxy {
+            let pcfg = skiff_proxy::Config {
+                node_name: cfg.node_name.clone(),
+                node_ip,
+                cluster_cidr: cfg.cluster_cidr,
+                service_cidr,
+                nft: Default::default(),
+                manage_host: true,
+            };
+            let (w, stop) = (watched.clone(), stopped(stop.clone()));
+            tokio::spawn(async move {
+                if let Err(e) = skiff_proxy::run(w, pcfg, stop).await {
+                    tracing::error!(error = format!("{e:#}"), "service proxy stopped");
+                }
+            });
+        }
+        if !self.disable_cluster_dns {
+            let dcfg = skiff_dns::Config {
+                node_name: cfg.node_name.clone(),
+                node_ip: cfg.node_ip,
+                domain: self.cluster_domain.clone(),
+                cluster_dns: IpAddr::V4(self.cluster_dns_ip(service_cidr)),
+                port: skiff_dns::PORT,
+                resolv_conf: self.resolv_conf.clone(),
+            };
+            let (client, stop) = (client.clone(), stopped(stop));
+            tokio::spawn(async move {
+                if let Err(e) = skiff_dns::run(client, watched, dcfg, stop).await {
+                    tracing::error!(error = format!("{e:#}"), "cluster DNS stopped");
+                }
+            });
+        }
         Ok(())
     }
 
@@ -111,6 +153,7 @@ impl AgentFlags {
         c.cgroup_root = self.cgroup_root.clone();
         c.cni_bin_dir = self.cni_bin_dir.clone();
         c.resolv_conf = self.resolv_conf.clone();
+        c.cluster_domain = self.cluster_domain.clone();
         c.kubelet_port = self.kubelet_port;
         let manifests = self.pod_manifest_path.clone().unwrap_or(manifests);
         std::fs::create_dir_all(&manifests)?;
@@ -177,6 +220,9 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         (None, _) => crate::cmd::sim::client(&args.kubeconfig, args.server.as_deref()).await?,
     };
     tracing::info!(node = %cfg.node_name, server = %url, "skiff agent starting");
-    args.node.spawn_proxy(&client, &cfg, args.service_cidr, std::future::pending())?;
+    cfg.cluster_dns = vec![IpAddr::V4(args.node.cluster_dns_ip(args.service_cidr))];
+    // The proxy and DNS run as long as the process: their state outlives a kubelet stop anyway.
+    let (_keep, stop) = tokio::sync::watch::channel(false);
+    args.node.spawn_services(&client, &cfg, args.service_cidr, stop)?;
     skiff_kubelet::run(client, cfg, crate::cmd::scheduler::shutdown_signal()).await
 }

@@ -182,10 +182,8 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         let client = crate::inprocess::client(router.clone(), &user, &["system:nodes"], "kubelet");
         let svc_cidr: ipnet::Ipv4Net = args.service_cidr.parse().map_err(|e| anyhow::anyhow!("--service-cidr: {e}"))?;
         let proxy_client = crate::inprocess::client(router.clone(), &user, &["system:nodes"], "kube-proxy");
-        let mut proxy_stop = stop_rx.clone();
-        args.agent.spawn_proxy(&proxy_client, &cfg, svc_cidr, async move {
-            let _ = proxy_stop.wait_for(|s| *s).await;
-        })?;
+        cfg.cluster_dns = vec![IpAddr::V4(args.agent.cluster_dns_ip(svc_cidr))];
+        args.agent.spawn_services(&proxy_client, &cfg, svc_cidr, stop_rx.clone())?;
         let mut stop = stop_rx.clone();
         components.push(tokio::spawn(async move {
             let stopped = async move {

@@ -80,6 +80,57 @@ pub struct Cluster {
     _turn: std::sync::MutexGuard<'static, ()>,
 }
 
+/// PID 1 of a node: reaps whatever gets re-parented to it (containerd shims) and holds the
+/// mount namespace with a private /run. Returns unshare and its PID.
+fn spawn_init(ns: &str) -> (Child, u32) {
+    let mut init = Command::new("nsenter")
+        .arg(format!("--net=/run/netns/{ns}"))
+        .args(["--", "unshare", "--mount", "--pid", "--fork", "--kill-child", "--mount-proc", "sh", "-c"])
+        .arg("mount -t tmpfs tmpfs /run && echo ready && while true; do sleep 1 & wait; done")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("nsenter/unshare");
+    use std::io::Read;
+    let mut buf = [0u8; 6];
+    init.stdout.as_mut().unwrap().read_exact(&mut buf).expect("node init ready");
+    let pid = init.id();
+    (init, pid)
+}
+
+/// The PID (in our namespace) of the reaper loop under unshare `init_pid`, PID 1 inside.
+fn pid1_of(init_pid: u32) -> u32 {
+    let children = std::fs::read_to_string(format!("/proc/{init_pid}/task/{init_pid}/children")).unwrap_or_default();
+    children.split_whitespace().next().and_then(|p| p.parse().ok()).expect("the node's PID 1")
+}
+
+fn enter_node(init_pid: u32) -> Command {
+    let mut cmd = Command::new("nsenter");
+    cmd.args(["--target", &pid1_of(init_pid).to_string(), "--mount", "--pid", "--net", "--"]);
+    cmd
+}
+
+/// docker-registry on 127.0.0.1:5000 inside `ns`, serving `store`.
+fn spawn_registry(ns: &str, dir: &Path, store: &Path) -> Child {
+    let cfg = dir.join("registry.yml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:5000\n",
+            store.display()
+        ),
+    )
+    .unwrap();
+    Command::new("nsenter")
+        .arg(format!("--net=/run/netns/{ns}"))
+        .args(["--", "docker-registry", "serve"])
+        .arg(&cfg)
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.join("registry.log")).unwrap())
+        .spawn()
+        .expect("docker-registry (scripts/install-deps.sh)")
+}
+
 impl Cluster {
     pub fn start() -> Cluster {
         Cluster::start_with(&[])
@@ -116,65 +167,37 @@ impl Cluster {
         ] {
             run_ok(Command::new("ip").args(["netns", "exec", &ns, "ip"]).args(&args));
         }
-        // PID 1 of the cluster: reaps whatever gets re-parented to it (containerd shims) and
-        // holds the mount namespace with a private /run.
-        let init = Command::new("nsenter")
-            .arg(format!("--net=/run/netns/{ns}"))
-            .args(["--", "unshare", "--mount", "--pid", "--fork", "--kill-child", "--mount-proc", "sh", "-c"])
-            .arg("mount -t tmpfs tmpfs /run && echo ready && while true; do sleep 1 & wait; done")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("nsenter/unshare");
-        c.init_pid = init.id();
+        let (init, pid) = spawn_init(&ns);
+        c.init_pid = pid;
         c.init = Some(init);
-        {
-            use std::io::Read;
-            let mut buf = [0u8; 6];
-            c.init.as_mut().unwrap().stdout.as_mut().unwrap().read_exact(&mut buf).expect("cluster init ready");
-        }
         c.start_registry();
         c.start_server();
         c
     }
 
-    /// The PID (in our namespace) of the reaper loop, PID 1 inside.
-    fn pid1(&self) -> u32 {
-        let children = std::fs::read_to_string(format!("/proc/{}/task/{}/children", self.init_pid, self.init_pid)).unwrap_or_default();
-        children.split_whitespace().next().and_then(|p| p.parse().ok()).expect("the cluster's PID 1")
-    }
-
     fn enter(&self) -> Command {
-        let mut cmd = Command::new("nsenter");
-        cmd.args(["--target", &self.pid1().to_string(), "--mount", "--pid", "--net", "--"]);
-        cmd
+        enter_node(self.init_pid)
     }
 
     fn start_registry(&mut self) {
         let store = self.dir.join("registry");
-        let cfg = self.dir.join("registry.yml");
-        std::fs::write(
-            &cfg,
-            format!(
-                "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:5000\n",
-                store.display()
-            ),
-        )
-        .unwrap();
-        let child = Command::new("nsenter")
-            .arg(format!("--net=/run/netns/{}", self.ns))
-            .args(["--", "docker-registry", "serve"])
-            .arg(&cfg)
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(self.dir.join("registry.log")).unwrap())
-            .spawn()
-            .expect("docker-registry (scripts/install-deps.sh)");
+        let child = spawn_registry(&self.ns, &self.dir, &store);
         self.registry = Some(child);
         let img = format!("oci:{}:bb", busybox_layout().display());
         wait_for("the local registry", Duration::from_secs(20), || {
             let out = self.in_ns(&["skopeo", "copy", "--dest-tls-verify=false", &img, &format!("docker://{BUSYBOX}")]);
             out.status.success().then_some(())
         });
+    }
+
+    /// The node's resolver configuration: the host's would send forwarded DNS queries off the
+    /// machine, so the cluster's node resolver is loopback (nothing listens: forwarded names fail).
+    pub fn resolv_conf(&self) -> PathBuf {
+        let p = self.dir.join("resolv.conf");
+        if !p.exists() {
+            std::fs::write(&p, "nameserver 127.0.0.1\nsearch node.test\n").unwrap();
+        }
+        p
     }
 
     /// Starts (or restarts) `skiff server` with its embedded agent inside the namespaces.
@@ -189,6 +212,8 @@ impl Cluster {
             .arg(&self.dir)
             .args(["--secure-port", &PORT.to_string(), "--bind-address", "0.0.0.0", "--advertise-address", NODE_IP])
             .args(["--node-name", "node1", "--cgroup-root", &cgroup_root])
+            .arg("--resolv-conf")
+            .arg(self.resolv_conf())
             .args(&self.extra)
             .env("SKIFF_LOG", "info,skiff_kubelet=debug")
             .stdout(Stdio::null())
@@ -266,6 +291,8 @@ impl Cluster {
             .arg("--data-dir")
             .arg(self.dir.join("agent"))
             .args(["--node-name", "node1", "--node-ip", NODE_IP, "--cgroup-root", &cgroup_root])
+            .arg("--resolv-conf")
+            .arg(self.resolv_conf())
             .env("SKIFF_LOG", "info,skiff_kubelet=debug")
             .stdout(Stdio::null())
             .stderr(log);
@@ -398,5 +425,93 @@ impl Drop for Cluster {
         if std::env::var_os("SKIFF_KEEP_TEST_DIRS").is_none() {
             let _ = std::fs::remove_dir_all(&self.dir);
         }
+    }
+}
+
+/// The second node's address (the far end of the cluster's veth pair).
+pub const PEER_IP: &str = "10.200.0.2";
+
+/// A second node: `skiff agent` joined with the server's token, in a network namespace of its
+/// own that the cluster's veth pair connects to, with its own PID/mount namespace (containerd's
+/// fixed /run paths), containerd, registry (serving the cluster's image store) and cgroup root.
+pub struct Peer {
+    pub ns: String,
+    pub dir: PathBuf,
+    init: Option<Child>,
+    init_pid: u32,
+    registry: Option<Child>,
+    agent: Option<Child>,
+}
+
+impl Cluster {
+    /// Starts `node2` at PEER_IP, joined to this cluster's server.
+    pub fn add_peer(&self) -> Peer {
+        let ns = format!("{}-b", self.ns);
+        let dir = self.dir.join("node2");
+        std::fs::create_dir_all(&dir).unwrap();
+        run_ok(Command::new("ip").args(["netns", "add", &ns]));
+        let mut p = Peer { ns: ns.clone(), dir, init: None, init_pid: 0, registry: None, agent: None };
+        run_ok(Command::new("ip").args(["netns", "exec", &self.ns, "ip", "link", "set", "skv1", "netns", &ns]));
+        for args in [
+            vec!["link", "set", "lo", "up"],
+            vec!["addr", "add", &format!("{PEER_IP}/24"), "dev", "skv1"],
+            vec!["link", "set", "skv1", "up"],
+        ] {
+            run_ok(Command::new("ip").args(["netns", "exec", &ns, "ip"]).args(&args));
+        }
+        let (init, pid) = spawn_init(&ns);
+        p.init = Some(init);
+        p.init_pid = pid;
+        p.registry = Some(spawn_registry(&ns, &p.dir, &self.dir.join("registry")));
+        let log = std::fs::File::create(p.dir.join("agent.log")).unwrap();
+        let server = format!("https://{NODE_IP}:{PORT}");
+        let mut cmd = enter_node(p.init_pid);
+        cmd.arg(env!("CARGO_BIN_EXE_skiff"))
+            .args(["agent", "--server", &server, "--token-file"])
+            .arg(self.dir.join("token"))
+            .arg("--data-dir")
+            .arg(p.dir.join("agent"))
+            .args(["--node-name", "node2", "--node-ip", PEER_IP, "--cgroup-root", &format!("/{ns}")])
+            .arg("--resolv-conf")
+            .arg(self.resolv_conf())
+            .env("SKIFF_LOG", "info,skiff_kubelet=debug")
+            .stdout(Stdio::null())
+            .stderr(log);
+        p.agent = Some(cmd.spawn().expect("start the second agent"));
+        p
+    }
+}
+
+impl Peer {
+    pub fn in_ns(&self, argv: &[&str]) -> Output {
+        enter_node(self.init_pid).args(argv).output().unwrap()
+    }
+
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(self.dir.join("agent.log")).unwrap_or_default()
+    }
+
+    pub fn http_get(&self, url: &str) -> Option<String> {
+        let out = self.in_ns(&["timeout", "5", "/bin/busybox", "wget", "-qO-", url]);
+        out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+}
+
+impl Drop for Peer {
+    fn drop(&mut self) {
+        kill_entered(self.agent.take());
+        for c in [self.registry.take(), self.init.take()].into_iter().flatten() {
+            let mut c = c;
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if skiff_kubelet::cgroups::remove(&format!("/{}", self.ns)) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = Command::new("ip").args(["netns", "del", &self.ns]).status();
     }
 }
