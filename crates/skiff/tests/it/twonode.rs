@@ -1,5 +1,6 @@
-//! Two nodes (the server's agent in one network namespace, a joined `skiff agent` in another,
-//! a veth pair between them; see netns.rs): pod to pod across nodes without NAT, a Service over
+//! Two nodes, each a `skiff agent` process with its own containerd (node1 next to a
+//! `skiff server --disable-agent` in one network namespace, node2 joined with the server's
+//! token in another, a veth pair between them; see netns.rs): pod to pod across nodes without NAT, a Service over
 //! pods on both nodes, NodePort on each node, externalTrafficPolicy Local keeping the client's
 //! address, internalTrafficPolicy Local, cluster DNS on the second node, and a pod whose
 //! readiness fails dropping out of the Service within 2 s.
@@ -63,7 +64,11 @@ fn tally(c: &Cluster, pod: &str, url: &str, n: usize) -> BTreeMap<String, usize>
 
 #[test]
 fn two_nodes_pod_network_services_and_traffic_policies() {
-    let c = Cluster::start_with(&["--lb-pool", "10.99.0.0/29"]);
+    let mut c = Cluster::start_with(&["--lb-pool", "10.99.0.0/29", "--disable-agent"]);
+    // Joined with the token (not the admin kubeconfig) so it gets a serving certificate and
+    // `kubectl exec` reaches its pods.
+    let (server, token) = (format!("https://{NODE_IP}:6443"), c.dir.join("token").display().to_string());
+    c.start_agent_with(&["--server", &server, "--token-file", &token]);
     let b = c.add_peer();
     for n in ["node1", "node2"] {
         c.wait_jsonpath(&format!("node/{n}"), "{.status.conditions[?(@.type=='Ready')].status}", Duration::from_secs(60), |s| s == "True");
