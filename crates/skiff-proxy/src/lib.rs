@@ -1,6 +1,6 @@
 //! skiff's kube-proxy: an API client that watches Services and EndpointSlices and keeps one
 //! nftables table (`ip skiff`) in line with them. Every sync is one atomic transaction holding
-//! only what changed; a (re)started proxy first reads which chains and sets the table already
+//! only what changed (`desired.rs` rebuilds only the changed ports); a (re)started proxy first reads which chains and sets the table already
 //! has and rewrites it whole in one transaction, so traffic keeps flowing through a restart.
 
 use std::collections::BTreeMap;
@@ -12,6 +12,7 @@ use ipnet::Ipv4Net;
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 
+pub mod desired;
 pub mod host;
 pub mod model;
 pub mod nft;
@@ -69,35 +70,41 @@ pub async fn run(mut watched: watch::Services, cfg: Config, stop: impl std::futu
         _ = &mut stop => return Ok(()),
         r = watched.ready() => { r?; }
     }
-    let mut applied: Option<rules::Ruleset> = None;
+    let mut desired: Option<desired::Desired> = None;
     let mut last_full = Instant::now();
     loop {
         if last_full.elapsed() >= FULL_RESYNC {
-            applied = None;
+            desired = None;
         }
         let started = Instant::now();
+        let full = desired.is_none();
         let ports = service_ports(&watched.services.state(), &watched.slices.state(), &cfg.node_name);
-        let next = rules::Ruleset::build(&ports, &opts);
-        let result = match &applied {
-            Some(prev) => apply(&cfg.nft, nft::From::Applied(prev), &next).await,
-            None => match cfg.nft.kernel().await {
-                Ok(kernel) => apply(&cfg.nft, nft::From::Kernel(&kernel), &next).await,
-                Err(e) => Err(e),
-            },
+        let result = match &mut desired {
+            Some(d) => {
+                let step = d.update(&ports);
+                apply(&cfg.nft, nft::From::Applied(&step.before), &step.after).await
+            }
+            None => {
+                let d = desired.insert(desired::Desired::new(&ports, &opts));
+                match cfg.nft.kernel().await {
+                    Ok(kernel) => apply(&cfg.nft, nft::From::Kernel(&kernel), &d.ruleset()).await,
+                    Err(e) => Err(e),
+                }
+            }
         };
         match result {
             Ok(changed) => {
-                if applied.is_none() {
+                let ms = started.elapsed().as_millis() as u64;
+                if full {
                     last_full = Instant::now();
-                    tracing::info!(services = ports.len(), ms = started.elapsed().as_millis() as u64, "proxy rules written");
+                    tracing::info!(services = ports.len(), ms, "proxy rules written");
                 } else if changed {
-                    tracing::debug!(services = ports.len(), ms = started.elapsed().as_millis() as u64, "proxy rules synced");
+                    tracing::debug!(services = ports.len(), ms, "proxy rules synced");
                 }
-                applied = Some(next);
             }
             Err(e) => {
                 tracing::warn!(error = format!("{e:#}"), "proxy sync failed; rewriting the table");
-                applied = None;
+                desired = None;
                 tokio::select! {
                     _ = &mut stop => return Ok(()),
                     _ = tokio::time::sleep(Duration::from_secs(1)) => continue,

@@ -5,7 +5,7 @@
 //! nft's text syntax through the `nft` binary is the interface nftables documents as stable; the
 //! JSON crates drive the same binary with larger input, and the netlink crates are unmaintained.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write;
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -13,7 +13,7 @@ use std::process::Stdio;
 use anyhow::Context;
 use tokio::io::AsyncWriteExt;
 
-use crate::rules::{CONTAINERS, Ruleset, TABLE, base_chains};
+use crate::rules::{Ruleset, TABLE, base_chains, declaration};
 
 /// Elements per `add element` line, so no line grows without bound.
 const CHUNK: usize = 2000;
@@ -134,6 +134,11 @@ fn delete_elements(s: &mut String, container: &str, keys: &[&String]) {
     }
 }
 
+/// `map` or `set`, as nft wants it named in commands.
+fn kind(name: &str) -> &'static str {
+    if declaration(name).is_some_and(|d| d.1) { "map" } else { "set" }
+}
+
 fn element(key: &str, verdict: &str) -> String {
     if verdict.is_empty() { key.to_string() } else { format!("{key} : {verdict}") }
 }
@@ -172,8 +177,9 @@ pub fn transaction(from: From<'_>, next: &Ruleset) -> Transaction {
             }
         }
     }
-    for (name, ty, is_map) in CONTAINERS {
-        let _ = writeln!(d, "add {} ip {TABLE} {name} {{ type {ty}; }}", if is_map { "map" } else { "set" });
+    for name in next.elements.keys() {
+        let (ty, is_map) = declaration(name).expect("the proxy's own container");
+        let _ = writeln!(d, "add {} ip {TABLE} {name} {{ {ty}; }}", if is_map { "map" } else { "set" });
     }
     let empty = Ruleset::default();
     let (prev_chains, prev_sets): (BTreeSet<&String>, BTreeSet<&String>) = match &from {
@@ -207,38 +213,41 @@ pub fn transaction(from: From<'_>, next: &Ruleset) -> Transaction {
             let _ = writeln!(s, "add rule ip {TABLE} {name} {r}");
         }
     }
-    for (name, _, _) in CONTAINERS {
-        let want = &next.elements[name];
+    let none = BTreeMap::new();
+    for (name, want) in &next.elements {
         match &from {
             From::Applied(prev) => {
-                let had = prev.elements.get(name).cloned().unwrap_or_default();
+                let had = prev.elements.get(name).unwrap_or(&none);
                 let gone: Vec<&String> = had.iter().filter(|(k, v)| want.get(*k) != Some(v)).map(|(k, _)| k).collect();
                 delete_elements(&mut s, name, &gone);
                 let new: Vec<String> = want.iter().filter(|(k, v)| had.get(*k) != Some(v)).map(|(k, v)| element(k, v)).collect();
                 add_elements(&mut s, name, &new);
             }
             From::Kernel(_) => {
-                let kind = if CONTAINERS.iter().any(|c| c.0 == name && c.2) { "map" } else { "set" };
-                let _ = writeln!(s, "flush {kind} ip {TABLE} {name}");
+                let _ = writeln!(s, "flush {} ip {TABLE} {name}", kind(name));
                 let all: Vec<String> = want.iter().map(|(k, v)| element(k, v)).collect();
                 add_elements(&mut s, name, &all);
             }
         }
     }
-    // Chains and sets no longer wanted: emptied first, so nothing refers to them when deleted.
+    // Chains, maps and sets no longer wanted: chains emptied first so no rule refers to a map
+    // or set, then those deleted so no map element refers to a chain, then the chains.
     let base: BTreeSet<&str> = base_chains().iter().map(|(n, _, _)| *n).collect();
     let gone: Vec<&&String> = prev_chains.iter().filter(|n| !next.chains.contains_key(n.as_str()) && !base.contains(n.as_str())).collect();
     for name in &gone {
         let _ = writeln!(s, "flush chain ip {TABLE} {name}");
     }
+    let prev_sets: BTreeSet<&String> = match &from {
+        From::Applied(prev) => prev_sets.into_iter().chain(prev.elements.keys()).collect(),
+        From::Kernel(_) => prev_sets,
+    };
+    for name in prev_sets {
+        if !next.affinity_sets.contains_key(name) && !next.elements.contains_key(name) {
+            let _ = writeln!(s, "delete {} ip {TABLE} {name}", kind(name));
+        }
+    }
     for name in &gone {
         let _ = writeln!(s, "delete chain ip {TABLE} {name}");
-    }
-    let containers: BTreeSet<&str> = CONTAINERS.iter().map(|c| c.0).collect();
-    for name in prev_sets {
-        if !next.affinity_sets.contains_key(name) && !containers.contains(name.as_str()) {
-            let _ = writeln!(s, "delete set ip {TABLE} {name}");
-        }
     }
     Transaction { declarations: d, changes: s }
 }
@@ -297,15 +306,23 @@ mod tests {
         let b2 = port("b", "10.43.0.8", &["10.42.0.6", "10.42.0.7"]);
         let next = Ruleset::build(&[a.clone(), b2], &opts());
         let s = transaction(From::Applied(&prev), &next).script();
-        let clu_b = hash_name("clu", "ns/b:/tcp");
-        assert!(s.contains(&format!("flush chain ip skiff {clu_b}\nadd rule ip skiff {clu_b} meta l4proto tcp dnat to numgen")));
-        assert!(!s.contains(&hash_name("clu", "ns/a:/tcp")), "service a is untouched:\n{s}");
-        assert!(!s.contains("element"), "no map entry changed:\n{s}");
+        let svc_b = hash_name("svc", "ns/b:/tcp");
+        assert!(s.contains(&format!("flush chain ip skiff {svc_b}\n")), "{s}");
+        assert!(s.contains(&format!("add rule ip skiff {svc_b} meta l4proto tcp dnat to numgen random mod 2 offset ")), "{s}");
+        assert!(!s.contains(&hash_name("svc", "ns/a:/tcp")), "service a is untouched:\n{s}");
+        let adds: Vec<&str> = s.lines().filter(|l| l.contains("element")).collect();
+        assert_eq!(adds.len(), 1, "only b's endpoint choices are added:\n{s}");
+        assert!(adds[0].starts_with("add element ip skiff endpoints-") && adds[0].contains(" : 10.42.0.6 . 80, "), "{s}");
 
         let gone = Ruleset::build(&[a], &opts());
         let s = transaction(From::Applied(&next), &gone).script();
         assert!(s.contains("delete element ip skiff service-ips { 10.43.0.8 . tcp . 80 }"));
-        assert!(s.find("delete element").unwrap() < s.find(&format!("delete chain ip skiff {clu_b}")).unwrap());
+        let (flush, drop_map, delete) = (
+            s.find(&format!("flush chain ip skiff {svc_b}")).unwrap(),
+            s.find("delete map ip skiff endpoints-tcp-").expect("b's endpoint map is no longer needed"),
+            s.find(&format!("delete chain ip skiff {svc_b}")).unwrap(),
+        );
+        assert!(flush < drop_map && drop_map < delete, "{s}");
     }
 
     #[test]

@@ -8,9 +8,14 @@
 //! its cluster IP against straight to its pod IP, and DNS queries/s and latency from a pod.
 
 use std::net::Ipv4Addr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+
 use clap::Args;
+use skiff_proxy::desired::Desired;
 use skiff_proxy::model::{Endpoint, Proto, ServicePort};
 use skiff_proxy::nft::{From, Nft, transaction};
 use skiff_proxy::rules::{Options, Ruleset};
@@ -70,6 +75,40 @@ fn ports(n: usize, eps: usize, generation: usize) -> Vec<ServicePort> {
         .collect()
 }
 
+/// The Service and EndpointSlice objects `ports` stands for, so a timed change includes the
+/// proxy's first step too (objects from its watch caches → service ports).
+fn objects(ports: &[ServicePort]) -> (Vec<Arc<Service>>, Vec<Arc<EndpointSlice>>) {
+    let mut services = Vec::new();
+    let mut slices = Vec::new();
+    for (i, p) in ports.iter().enumerate() {
+        let name = format!("svc-{i}");
+        let svc: Service = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": name, "namespace": "bench"},
+            "spec": {
+                "type": if p.node_port.is_some() { "NodePort" } else { "ClusterIP" },
+                "clusterIP": p.cluster_ips[0].to_string(),
+                "ports": [{"name": "http", "port": p.port, "protocol": "TCP", "nodePort": p.node_port}],
+            },
+        }))
+        .expect("static shape");
+        let eps: Vec<serde_json::Value> = p
+            .endpoints
+            .iter()
+            .map(|e| serde_json::json!({"addresses": [e.ip.to_string()], "conditions": {"ready": true}, "nodeName": if e.local { "bench" } else { "other" }}))
+            .collect();
+        let slice: EndpointSlice = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": format!("{name}-1"), "namespace": "bench", "labels": {"kubernetes.io/service-name": name}},
+            "addressType": "IPv4",
+            "endpoints": eps,
+            "ports": [{"name": "http", "port": p.endpoints.first().map_or(8080, |e| e.port), "protocol": "TCP"}],
+        }))
+        .expect("static shape");
+        services.push(Arc::new(svc));
+        slices.push(Arc::new(slice));
+    }
+    (services, slices)
+}
+
 struct Netns(String);
 
 impl Drop for Netns {
@@ -97,9 +136,9 @@ pub async fn run(args: ServiceArgs) -> anyhow::Result<()> {
         args.endpoints
     );
     println!(
-        "| services | first write build/apply | restart rewrite build/apply | one Service's endpoints change p50 / p99 (build+apply) | script size first |"
+        "| services | first write build/apply | restart rewrite build/apply | one Service's endpoints change p50 / p99 (build+apply) | of which model + step / transaction / apply p50 | script size first |"
     );
-    println!("|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|");
     for &n in &args.services {
         nft.delete_table().await?;
         let t = Instant::now();
@@ -109,9 +148,13 @@ pub async fn run(args: ServiceArgs) -> anyhow::Result<()> {
         let (b1, a1, size) = timed(&nft, From::Kernel(&empty), &base).await?;
         let kernel = nft.kernel().await?;
         let (b2, a2, _) = timed(&nft, From::Kernel(&kernel), &base).await?;
-        let mut samples = Samples::default();
-        let mut prev = base;
+        let (mut samples, mut builds, mut txs, mut applies) =
+            (Samples::default(), Samples::default(), Samples::default(), Samples::default());
         let all = ports(n, args.endpoints, 0);
+        let (services, slices) = objects(&all);
+        let mut desired = Desired::new(&skiff_proxy::service_ports(&services, &slices, "bench"), &opts);
+        let mut rebuilt = 0;
+        drop(base);
         for c in 0..args.changes {
             let mut next_ports = all.clone();
             // Service c's endpoints move (a rollout step): new addresses, same count.
@@ -119,14 +162,22 @@ pub async fn run(args: ServiceArgs) -> anyhow::Result<()> {
             for (k, e) in next_ports[i].endpoints.iter_mut().enumerate() {
                 e.ip = ip(u32::from(Ipv4Addr::new(10, 200, 0, 1)), (c * args.endpoints + k) as u32);
             }
+            // What the proxy does on a change: every Service and slice from its caches to
+            // service ports, then the changed ports' step.
+            let (services, slices) = objects(&next_ports);
             let t = Instant::now();
-            let next = Ruleset::build(&next_ports, &opts);
-            let (_, _, _) = timed(&nft, From::Applied(&prev), &next).await?;
+            let modelled = skiff_proxy::service_ports(&services, &slices, "bench");
+            assert_eq!(modelled.len(), next_ports.len());
+            let step = desired.update(&modelled);
+            rebuilt = rebuilt.max(step.rebuilt);
+            builds.push(t.elapsed());
+            let (tx, apply, _) = timed(&nft, From::Applied(&step.before), &step.after).await?;
             samples.push(t.elapsed());
-            prev = next;
+            txs.push(tx);
+            applies.push(apply);
         }
         println!(
-            "| {n} | {} + {} / {} | {} / {} | {} / {} | {:.1} MiB |",
+            "| {n} | {} + {} / {} | {} / {} | {} / {} | {} / {} / {} ({rebuilt} ports rebuilt at most) | {:.1} MiB |",
             ms(model_ms),
             ms(b1),
             ms(a1),
@@ -134,6 +185,9 @@ pub async fn run(args: ServiceArgs) -> anyhow::Result<()> {
             ms(a2),
             ms(samples.quantile(0.5)),
             ms(samples.quantile(0.99)),
+            ms(builds.quantile(0.5)),
+            ms(txs.quantile(0.5)),
+            ms(applies.quantile(0.5)),
             size as f64 / (1024.0 * 1024.0)
         );
     }
@@ -160,7 +214,6 @@ fn one_backend(id: &str, proto: Proto, cluster_ip: Ipv4Addr, port: u16, backend:
 }
 
 async fn data_path(args: &ServiceArgs, node: &str, nft: &Nft, opts: &Options) -> anyhow::Result<()> {
-    use std::sync::Arc;
     use std::sync::atomic::{AtomicBool, Ordering};
     let n = args.services.iter().copied().max().unwrap_or(1000);
     let pods = Arc::new(traffic::Pods::create(node)?);
