@@ -19,13 +19,7 @@ use kube::runtime::{WatchStreamExt, watcher};
 pub const ROUTE_PROTO: &str = "212";
 pub const NAT_TABLE: &str = "skiff-pods";
 
-async fn ip(args: &[&str]) -> anyhow::Result<String> {
-    let out = tokio::process::Command::new("ip").args(args).output().await.context("running ip")?;
-    if !out.status.success() {
-        anyhow::bail!("ip {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
+use skiff_proxy::host::ip;
 
 /// podCIDR → InternalIP for every node but `me` that has both.
 pub fn wanted_routes(nodes: &[std::sync::Arc<Node>], me: &str) -> BTreeMap<Ipv4Net, Ipv4Addr> {
@@ -87,17 +81,18 @@ async fn ensure_masquerade(cluster_cidr: Ipv4Net) -> anyhow::Result<()> {
     let script = format!(
         "add table ip {NAT_TABLE}\ndelete table ip {NAT_TABLE}\ntable ip {NAT_TABLE} {{\n  chain postrouting {{\n    type nat hook postrouting priority 110; policy accept;\n    ip saddr {cluster_cidr} ip daddr != {cluster_cidr} ip daddr != 224.0.0.0/4 masquerade\n  }}\n}}\n"
     );
-    let mut child = tokio::process::Command::new("nft")
-        .args(["-f", "-"])
-        .stdin(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .context("starting nft")?;
-    tokio::io::AsyncWriteExt::write_all(child.stdin.as_mut().expect("piped"), script.as_bytes()).await?;
-    drop(child.stdin.take());
-    let out = child.wait_with_output().await?;
-    if !out.status.success() {
-        anyhow::bail!("nft: {}", String::from_utf8_lossy(&out.stderr).trim());
+    skiff_proxy::nft::Nft::default().apply(&script).await
+}
+
+/// Removes what the pod network set up on this host: the masquerade table, the routes to other
+/// nodes, and the CNI bridge (`skiff cleanup`; pods still on the bridge lose their network).
+pub async fn remove_all() -> anyhow::Result<()> {
+    skiff_proxy::nft::Nft::default().delete_named_table(NAT_TABLE).await?;
+    if !ip(&["route", "show", "proto", ROUTE_PROTO]).await?.trim().is_empty() {
+        ip(&["route", "flush", "proto", ROUTE_PROTO]).await?;
+    }
+    if ip(&["link", "show", crate::cni::BRIDGE]).await.is_ok() {
+        ip(&["link", "del", crate::cni::BRIDGE]).await?;
     }
     Ok(())
 }

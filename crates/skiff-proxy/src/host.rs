@@ -18,7 +18,9 @@ pub const ROUTE_TABLE: u32 = 7460;
 /// Routes skiff adds carry this protocol number, so they can be told apart and removed.
 pub const ROUTE_PROTO: u32 = 211;
 
-async fn ip(args: &[&str]) -> anyhow::Result<String> {
+/// Runs `ip` (iproute2 is what the rest of the host setup documents and what an operator reads
+/// back with; the rtnetlink crates would add a netlink stack for a handful of calls).
+pub async fn ip(args: &[&str]) -> anyhow::Result<String> {
     let out = tokio::process::Command::new("ip").args(args).output().await.context("running ip")?;
     if !out.status.success() {
         anyhow::bail!("ip {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
@@ -68,5 +70,20 @@ pub async fn remove_service_routes(cidr: Ipv4Net) -> anyhow::Result<()> {
     }
     let _ = ip(&["route", "del", &c, "table", &table]).await;
     let _ = ip(&["route", "del", "unreachable", &c]).await;
+    Ok(())
+}
+
+/// Removes every route and rule the proxy adds, whatever CIDR they were for (`skiff cleanup`).
+pub async fn remove_all_routes() -> anyhow::Result<()> {
+    let (table, proto) = (ROUTE_TABLE.to_string(), ROUTE_PROTO.to_string());
+    while ip(&["rule", "show", "priority", &table]).await?.contains(&format!("lookup {table}")) {
+        ip(&["rule", "del", "priority", &table]).await?;
+    }
+    if !ip(&["route", "show", "table", &table]).await?.trim().is_empty() {
+        ip(&["route", "flush", "table", &table]).await?;
+    }
+    if !ip(&["route", "show", "proto", &proto]).await?.trim().is_empty() {
+        ip(&["route", "flush", "proto", &proto]).await?;
+    }
     Ok(())
 }

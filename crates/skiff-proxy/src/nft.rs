@@ -91,7 +91,12 @@ impl Nft {
 
     /// Removes the table.
     pub async fn delete_table(&self) -> anyhow::Result<()> {
-        match self.run(&["delete", "table", "ip", TABLE], None).await {
+        self.delete_named_table(TABLE).await
+    }
+
+    /// Removes table `ip NAME` if it exists.
+    pub async fn delete_named_table(&self, name: &str) -> anyhow::Result<()> {
+        match self.run(&["delete", "table", "ip", name], None).await {
             Err(e) if !e.to_string().contains("No such file or directory") => Err(e),
             _ => Ok(()),
         }

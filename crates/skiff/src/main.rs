@@ -34,6 +34,8 @@ enum Command {
     /// Container images on this node (import tarballs).
     #[command(subcommand)]
     Image(cmd::image::ImageCommand),
+    /// Remove the host networking a stopped agent leaves in place (nftables tables, routes, CNI bridge).
+    Cleanup,
     /// Print the skiff and Kubernetes API versions.
     Version,
     /// Benchmarks with a same-run reference (build with --release).
@@ -84,6 +86,10 @@ fn main() -> anyhow::Result<()> {
         Command::Sim(args) => {
             let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
             rt.block_on(cmd::sim::run(args))
+        }
+        Command::Cleanup => {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            rt.block_on(cmd::cleanup::run())
         }
         Command::Image(cmd) => {
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;

@@ -1,4 +1,5 @@
 pub mod agent;
+pub mod cleanup;
 pub mod controller_manager;
 pub mod image;
 pub mod join;

@@ -43,6 +43,11 @@ fn pods_leave_a_node_that_stopped_reporting() {
         let out = s.ok(K, &["get", "nodes", "-o", "jsonpath={.items[*].status.conditions[?(@.type==\"Ready\")].status}"]);
         (out.split_whitespace().filter(|x| *x == "True").count() == 3).then_some(())
     });
+    // Ready is not enough under load: the lifecycle controller lifts the not-ready taint a
+    // moment later, and until then the scheduler rightly avoids the node.
+    wait_for("no node tainted", Duration::from_secs(30), || {
+        s.ok(K, &["get", "nodes", "-o", "jsonpath={.items[*].spec.taints}"]).trim().is_empty().then_some(())
+    });
     s.ok(K, &["create", "deployment", "web", "--image=busybox", "--replicas=6"]);
     s.ok(K, &["rollout", "status", "deployment/web", "--timeout=60s"]);
     let on_dead = live_running(&pods(&s)).iter().filter(|n| n.as_str() == "dead-0").count();

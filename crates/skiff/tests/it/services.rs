@@ -178,4 +178,17 @@ spec:
     });
     assert!(!nft_table(&c).contains("30080"));
     assert!(c.http_get(&url).is_none());
+
+    // With skiff stopped, `skiff cleanup` takes every table, route, rule and the bridge away.
+    c.kill_server();
+    let out = c.in_ns(&[env!("CARGO_BIN_EXE_skiff"), "cleanup"]);
+    assert!(out.status.success(), "skiff cleanup: {out:?}");
+    let text = |argv: &[&str]| String::from_utf8_lossy(&c.in_ns(argv).stdout).into_owned();
+    assert_eq!(text(&["nft", "list", "tables"]).trim(), "", "no nftables table left");
+    assert!(!text(&["ip", "route", "show", "table", "all"]).contains("proto 211"), "{}", text(&["ip", "route", "show", "table", "all"]));
+    assert!(!text(&["ip", "route", "show", "table", "all"]).contains("proto 212"));
+    assert!(!text(&["ip", "rule", "show"]).contains("7460"), "{}", text(&["ip", "rule", "show"]));
+    assert!(!c.in_ns(&["ip", "link", "show", "cni0"]).status.success(), "the CNI bridge is gone");
+    let again = c.in_ns(&[env!("CARGO_BIN_EXE_skiff"), "cleanup"]);
+    assert!(again.status.success(), "cleanup is idempotent: {again:?}");
 }
