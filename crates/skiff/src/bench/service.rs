@@ -236,18 +236,32 @@ async fn data_path(args: &ServiceArgs, node: &str, nft: &Nft, opts: &Options) ->
     // Warm both paths, then alternate so drift on a noisy machine hits both alike.
     rate(traffic::SERVER_IP, traffic::DIRECT_PORT, 0.5).await??;
     rate(traffic::SERVICE_IP, 80, 0.5).await??;
+    // Many short rounds in ABBA order, so drift on a noisy machine (conntrack filling up,
+    // other work) lands on both paths alike; the per-round ratios show the spread.
+    let rounds = ((secs as usize) / 2).max(2) * 2;
     let (mut direct, mut via, mut failed) = (0.0, 0.0, 0);
-    for _ in 0..2 {
-        let (d, f1) = rate(traffic::SERVER_IP, traffic::DIRECT_PORT, secs / 2.0).await??;
-        let (v, f2) = rate(traffic::SERVICE_IP, 80, secs / 2.0).await??;
-        direct += d / 2.0;
-        via += v / 2.0;
-        failed += f1 + f2;
+    let mut ratios = Vec::new();
+    for r in 0..rounds {
+        let slice = secs / rounds as f64;
+        let (d, v) = if r % 2 == 0 {
+            let d = rate(traffic::SERVER_IP, traffic::DIRECT_PORT, slice).await??;
+            (d, rate(traffic::SERVICE_IP, 80, slice).await??)
+        } else {
+            let v = rate(traffic::SERVICE_IP, 80, slice).await??;
+            (rate(traffic::SERVER_IP, traffic::DIRECT_PORT, slice).await??, v)
+        };
+        direct += d.0 / rounds as f64;
+        via += v.0 / rounds as f64;
+        failed += d.1 + v.1;
+        ratios.push(v.0 / d.0);
     }
+    ratios.sort_by(f64::total_cmp);
     println!();
     println!(
-        "HTTP from a pod to a pod on this node ({n} Services in the table, {clients} clients, new connection per request): pod IP {direct:.0} req/s, cluster IP {via:.0} req/s, ratio {:.3} ({failed} failed)",
-        via / direct
+        "HTTP from a pod to a pod on this node ({n} Services in the table, {clients} clients, new connection per request, {rounds} alternating rounds): pod IP {direct:.0} req/s, cluster IP {via:.0} req/s, ratio {:.3} (rounds {:.3}..{:.3}; {failed} failed)",
+        via / direct,
+        ratios[0],
+        ratios[ratios.len() - 1],
     );
     let pods2 = pods.clone();
     let (qps, mut samples, dns_failed) = tokio::task::spawn_blocking(move || traffic::dns_rate(&pods2, n, clients, secs)).await??;
