@@ -6,6 +6,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use crate::conntrack::{StaleFlow, stale};
 use crate::model::ServicePort;
 use crate::rules::{Options, Placement, Ruleset, bucket_of, owners, place_bucket};
 
@@ -30,6 +31,8 @@ pub struct Step {
     pub after: Ruleset,
     /// Ports rebuilt (changed, added, removed, or moved within a bucket).
     pub rebuilt: usize,
+    /// Datagram flows to forget once the step is in (endpoints that left their Service).
+    pub stale: Vec<StaleFlow>,
 }
 
 impl Desired {
@@ -96,7 +99,11 @@ impl Desired {
         }
 
         let (mut before, mut after) = (Ruleset::default(), Ruleset::default());
+        let mut flows = Vec::new();
         for id in &changed {
+            if let Some(old) = self.ports.get(id) {
+                flows.extend(stale(old, next.get(id.as_str()).copied()));
+            }
             if let Some(old) = self.fragments.remove(id) {
                 self.count(&old, false);
                 before.merge(old);
@@ -119,7 +126,7 @@ impl Desired {
                 }
             }
         }
-        Step { before, after, rebuilt: changed.len() }
+        Step { before, after, rebuilt: changed.len(), stale: flows }
     }
 
     fn count(&mut self, f: &Ruleset, add: bool) {

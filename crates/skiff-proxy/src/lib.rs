@@ -12,6 +12,7 @@ use ipnet::Ipv4Net;
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 
+pub mod conntrack;
 pub mod desired;
 pub mod host;
 pub mod model;
@@ -32,6 +33,7 @@ pub struct Config {
     pub cluster_cidr: Option<Ipv4Net>,
     pub service_cidr: Ipv4Net,
     pub nft: nft::Nft,
+    pub conntrack: conntrack::Conntrack,
     /// Host routes and sysctls (off for tests of the rules alone).
     pub manage_host: bool,
 }
@@ -82,7 +84,14 @@ pub async fn run(mut watched: watch::Services, cfg: Config, stop: impl std::futu
         let result = match &mut desired {
             Some(d) => {
                 let step = d.update(&ports);
-                apply(&cfg.nft, nft::From::Applied(&step.before), &step.after).await
+                let r = apply(&cfg.nft, nft::From::Applied(&step.before), &step.after).await;
+                if r.is_ok() && !step.stale.is_empty() {
+                    match cfg.conntrack.clear(&step.stale).await {
+                        Ok(n) => tracing::debug!(flows = n, "forgot datagram flows to removed endpoints"),
+                        Err(e) => tracing::warn!(error = format!("{e:#}"), "clearing conntrack entries of removed endpoints"),
+                    }
+                }
+                r
             }
             None => {
                 let d = desired.insert(desired::Desired::new(&ports, &opts));

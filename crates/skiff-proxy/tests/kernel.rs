@@ -133,3 +133,55 @@ async fn incremental_steps_match_a_full_write() {
     assert_eq!(blocks(&stepped), blocks(&full));
     nft.delete_table().await.unwrap();
 }
+
+/// A UDP endpoint leaving its Service: the step names its flows, and clearing them deletes the
+/// kernel's entry for the translated flow and leaves other flows alone.
+#[tokio::test]
+async fn a_removed_udp_endpoint_loses_its_conntrack_entries() {
+    let ns = Netns::new("ct");
+    let nft = Nft::in_netns(&ns.0);
+    let mut dns = port("dns", "10.43.0.53", 2, None);
+    dns.proto = Proto::Udp;
+    dns.id = "ns/dns:dns/udp".into();
+    let mut d = skiff_proxy::desired::Desired::new(std::slice::from_ref(&dns), &opts());
+    let k = nft.kernel().await.unwrap();
+    nft.apply(&skiff_proxy::nft::transaction(From::Kernel(&k), &d.ruleset()).script()).await.unwrap();
+    let (gone, stays) = (dns.endpoints[0].clone(), dns.endpoints[1].clone());
+    // Flows as the kernel would have translated them: a client talking to the cluster IP,
+    // answered by each endpoint.
+    for (sport, ep) in [("5000", &gone), ("5001", &stays)] {
+        let ip = ep.ip.to_string();
+        let out = Command::new("ip")
+            .args(["netns", "exec", &ns.0, "conntrack", "-I", "-p", "udp", "-s", "10.42.0.9", "-d", "10.43.0.53", "--sport", sport])
+            .args([
+                "--dport",
+                "80",
+                "-r",
+                &ip,
+                "-q",
+                "10.42.0.9",
+                "--reply-port-src",
+                "8080",
+                "--reply-port-dst",
+                sport,
+                "-t",
+                "60",
+                "-u",
+                "SEEN_REPLY",
+            ])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "conntrack -I: {out:?}");
+    }
+    let mut next = dns.clone();
+    next.endpoints.remove(0);
+    let step = d.update(&[next]);
+    nft.apply(&skiff_proxy::nft::transaction(From::Applied(&step.before), &step.after).script()).await.unwrap();
+    let ct = skiff_proxy::conntrack::Conntrack { netns: Some(ns.0.clone()), ..Default::default() };
+    assert_eq!(ct.clear(&step.stale).await.unwrap(), 1, "{:?}", step.stale);
+    let left = Command::new("ip").args(["netns", "exec", &ns.0, "conntrack", "-L", "-p", "udp"]).output().unwrap();
+    let left = String::from_utf8_lossy(&left.stdout);
+    assert!(!left.contains(&format!("src={} ", gone.ip)), "{left}");
+    assert!(left.contains(&format!("src={} ", stays.ip)), "{left}");
+    assert_eq!(ct.clear(&step.stale).await.unwrap(), 0, "nothing left to delete is not an error");
+}

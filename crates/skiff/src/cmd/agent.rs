@@ -102,6 +102,7 @@ impl AgentFlags {
                 cluster_cidr: cfg.cluster_cidr,
                 service_cidr,
                 nft: Default::default(),
+                conntrack: Default::default(),
                 manage_host: true,
             };
             let (w, stop) = (watched.clone(), stopped(stop.clone()));
