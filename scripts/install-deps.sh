@@ -6,7 +6,7 @@ set -euo pipefail
 # Debian packages the test suite and the node need now or in the next slices (REFERENCE.md):
 # etcd is the reference for `skiff bench api` (etcd-client builds its protos with protoc and
 # libprotobuf-dev's well-known types); the container runtime pieces are for the agent.
-PACKAGES=(etcd-server etcd-client containerd runc containernetworking-plugins nftables conntrack iproute2 busybox-static skopeo umoci docker-registry protobuf-compiler libprotobuf-dev)
+PACKAGES=(etcd-server etcd-client containerd runc containernetworking-plugins nftables conntrack iproute2 busybox-static skopeo umoci docker-registry protobuf-compiler libprotobuf-dev python3-kubernetes)
 
 missing=()
 for p in "${PACKAGES[@]}"; do

@@ -48,10 +48,12 @@ impl DeleteOptions {
         if let Some(p) = params.get("propagationPolicy") {
             o.propagation = Some(p.to_string());
         }
-        if let Some(orphan) =
-            params.get("orphanDependents").or(b.get("orphanDependents").and_then(Value::as_bool).map(|b| if b { "true" } else { "false" }))
-        {
-            o.propagation.get_or_insert_with(|| if orphan == "true" { "Orphan".into() } else { "Background".into() });
+        let orphan = match params.get("orphanDependents") {
+            Some(_) => Some(params.flag("orphanDependents")),
+            None => b.get("orphanDependents").and_then(Value::as_bool),
+        };
+        if let Some(orphan) = orphan {
+            o.propagation.get_or_insert_with(|| if orphan { "Orphan".into() } else { "Background".into() });
         }
         if let Some(p) = o.propagation.as_deref()
             && !["Orphan", "Background", "Foreground"].contains(&p)

@@ -50,8 +50,10 @@ impl Params {
     pub fn get(&self, k: &str) -> Option<&str> {
         self.0.get(k).map(String::as_str)
     }
+    /// A boolean parameter as upstream converts it: absent, `0` or any case of `false` is
+    /// false, anything else true (the Python client sends `watch=True`, a bare `?watch` is true).
     pub fn flag(&self, k: &str) -> bool {
-        matches!(self.get(k), Some("true") | Some("1"))
+        self.get(k).is_some_and(|v| v != "0" && !v.eq_ignore_ascii_case("false"))
     }
     pub fn dry_run(&self) -> Result<bool, ApiError> {
         match self.get("dryRun") {
@@ -256,4 +258,19 @@ pub fn with_warnings(mut r: Response, warnings: &[String]) -> Response {
         }
     }
     r
+}
+
+#[cfg(test)]
+mod params_tests {
+    use super::Params;
+
+    #[test]
+    fn booleans_convert_as_upstream() {
+        for (q, want) in [("watch=true", true), ("watch=True", true), ("watch=1", true), ("watch", true), ("watch=yes", true)] {
+            assert_eq!(Params::parse(Some(q)).flag("watch"), want, "{q}");
+        }
+        for q in ["watch=false", "watch=False", "watch=FALSE", "watch=0", "other=true", ""] {
+            assert!(!Params::parse(Some(q)).flag("watch"), "{q}");
+        }
+    }
 }

@@ -17,6 +17,7 @@ mod leases;
 mod netns;
 mod nodes;
 mod pods;
+mod python;
 mod scheduler;
 mod services;
 mod sim;
