@@ -276,6 +276,35 @@ fn create_flows(s: &Server, k: &str, ns: &str) {
     let out = s.ok(k, &["-n", ns, "create", "service", "clusterip", "headless", "--clusterip=None"]);
     assert_eq!(out.trim(), "service/headless created");
     assert_eq!(jp(s, k, ns, "service/headless", "{.spec.clusterIP}"), "None");
+
+    // `kubectl expose` reads the selector from what it exposes.
+    s.ok(k, &["-n", ns, "create", "deployment", "web", "--image=registry.local/web:1", "--port=8080"]);
+    assert_eq!(s.ok(k, &["-n", ns, "expose", "deployment", "web", "--port=80", "--target-port=8080"]).trim(), "service/web exposed");
+    assert_eq!(
+        jp(
+            s,
+            k,
+            ns,
+            "service/web",
+            "{.spec.type} {.spec.selector.app} {.spec.ports[0].port} {.spec.ports[0].targetPort} {.spec.ports[0].protocol}"
+        ),
+        "ClusterIP web 80 8080 TCP"
+    );
+    s.ok(k, &["-n", ns, "run", "solo", "--image=registry.local/web:1", "--labels=app=solo,tier=x", "--port=9000"]);
+    assert_eq!(s.ok(k, &["-n", ns, "expose", "pod", "solo", "--port=90", "--type=NodePort"]).trim(), "service/solo exposed");
+    assert_eq!(
+        jp(s, k, ns, "service/solo", "{.spec.type} {.spec.selector.app} {.spec.selector.tier} {.spec.ports[0].targetPort}"),
+        "NodePort solo x 90"
+    );
+    let np: u16 = jp(s, k, ns, "service/solo", "{.spec.ports[0].nodePort}").parse().expect("a node port");
+    assert!((30000..=32767).contains(&np), "{np}");
+    assert_eq!(
+        s.ok(k, &["-n", ns, "expose", "service", "web", "--name=web-lb", "--port=443", "--type=LoadBalancer"]).trim(),
+        "service/web-lb exposed"
+    );
+    assert_eq!(jp(s, k, ns, "service/web-lb", "{.spec.type} {.spec.selector.app} {.spec.ports[0].port}"), "LoadBalancer web 443");
+    let err = s.fails(k, &["-n", ns, "expose", "deployment", "web", "--name=Bad.Name", "--port=80"]);
+    assert!(err.contains("metadata.name: Invalid value: \"Bad.Name\""), "{err}");
 }
 
 #[test]
