@@ -6,7 +6,7 @@ use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use crate::harness::{KUBECTL_127, KUBECTL_133, Server};
+use crate::harness::{KUBECTL_127, KUBECTL_130, KUBECTL_133, Server};
 
 const MANIFEST: &str = r#"
 apiVersion: apps/v1
@@ -261,6 +261,12 @@ fn everyday_verbs(s: &Server, k: &str, ns: &str) {
 fn kubectl_1_27_everyday_verbs() {
     let s = Server::start();
     everyday_verbs(&s, KUBECTL_127, "team-127");
+}
+
+#[test]
+fn kubectl_1_30_everyday_verbs() {
+    let s = Server::start();
+    everyday_verbs(&s, KUBECTL_130, "team-130");
 }
 
 #[test]

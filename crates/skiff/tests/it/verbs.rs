@@ -124,6 +124,12 @@ fn kubectl_1_33_describe() {
     describe_flows(&s, KUBECTL_133, "describe-133");
 }
 
+#[test]
+fn kubectl_1_30_describe() {
+    let s = Server::start_with(&["--disable-scheduler"]);
+    describe_flows(&s, KUBECTL_130, "describe-130");
+}
+
 fn spawn(s: &Server, k: &str, args: &[&str]) -> Child {
     Command::new(k)
         .arg("--kubeconfig")
@@ -192,6 +198,12 @@ fn kubectl_1_27_wait() {
 fn kubectl_1_33_wait() {
     let s = Server::start_with(&["--disable-scheduler"]);
     wait_flows(&s, KUBECTL_133, "wait-133");
+}
+
+#[test]
+fn kubectl_1_30_wait() {
+    let s = Server::start_with(&["--disable-scheduler"]);
+    wait_flows(&s, KUBECTL_130, "wait-130");
 }
 
 /// The row of `api-resources -o wide` for a resource, columns split on runs of spaces.
@@ -319,6 +331,12 @@ fn kubectl_1_33_create_generators() {
     create_flows(&s, KUBECTL_133, "create-133");
 }
 
+#[test]
+fn kubectl_1_30_create_generators() {
+    let s = Server::start_with(&["--disable-scheduler"]);
+    create_flows(&s, KUBECTL_130, "create-130");
+}
+
 fn get_flows(s: &Server, k: &str, ns: &str) {
     s.ok(k, &["create", "namespace", ns]);
     // Created out of name order, and with increasing sizes in reverse name order.
@@ -361,6 +379,12 @@ fn kubectl_1_27_get_output() {
 fn kubectl_1_33_get_output() {
     let s = Server::start_with(&["--disable-scheduler"]);
     get_flows(&s, KUBECTL_133, "get-133");
+}
+
+#[test]
+fn kubectl_1_30_get_output() {
+    let s = Server::start_with(&["--disable-scheduler"]);
+    get_flows(&s, KUBECTL_130, "get-130");
 }
 
 /// `describe` of a pod whose Events arrive later shows them on the next call (field selectors
