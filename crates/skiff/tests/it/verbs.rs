@@ -317,6 +317,10 @@ fn create_flows(s: &Server, k: &str, ns: &str) {
     assert_eq!(jp(s, k, ns, "service/web-lb", "{.spec.type} {.spec.selector.app} {.spec.ports[0].port}"), "LoadBalancer web 443");
     let err = s.fails(k, &["-n", ns, "expose", "deployment", "web", "--name=Bad.Name", "--port=80"]);
     assert!(err.contains("metadata.name: Invalid value: \"Bad.Name\""), "{err}");
+
+    // `kubectl set selector` replaces a Service's selector.
+    assert_eq!(s.ok(k, &["-n", ns, "set", "selector", "service", "web", "app=web2,tier=front"]).trim(), "service/web selector updated");
+    assert_eq!(jp(s, k, ns, "service/web", "{.spec.selector}"), r#"{"app":"web2","tier":"front"}"#);
 }
 
 #[test]
