@@ -7,7 +7,7 @@
 //! that revision verbatim as `metadata.resourceVersion`.
 //!
 //! Start with [`embedded::EmbeddedStore`], the default backend (redb, fsync before acknowledging,
-//! group commit).
+//! group commit); [`etcd::EtcdStore`] runs the same trait on a real etcd cluster.
 
 use std::pin::Pin;
 
@@ -16,6 +16,7 @@ use futures::Stream;
 
 pub mod conformance;
 pub mod embedded;
+pub mod etcd;
 
 /// A store revision. 0 means "none" (a key that does not exist has mod_revision 0).
 pub type Revision = i64;
