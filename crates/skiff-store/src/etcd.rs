@@ -277,3 +277,90 @@ impl Store for EtcdStore {
         Ok(g.kvs().first().and_then(|kv| std::str::from_utf8(kv.value()).ok()?.trim().parse().ok()).unwrap_or(0))
     }
 }
+
+/// Compacts etcd's history every `interval` to the revision current one interval earlier, so
+/// watchers can resume across that much history (upstream's API server compactor). Several API
+/// servers may each run it: compacting to an already compacted revision is a no-op here.
+pub async fn compact_periodically(store: std::sync::Arc<EtcdStore>, interval: std::time::Duration) {
+    let mut last: Option<Revision> = None;
+    loop {
+        tokio::time::sleep(interval).await;
+        let current = match store.current_revision().await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(error = %e, "etcd compaction: reading the revision");
+                continue;
+            }
+        };
+        if let Some(rev) = last {
+            match store.compact(rev).await {
+                Ok(()) => tracing::debug!(revision = rev, "compacted etcd"),
+                Err(StoreError::Compacted { .. }) => {}
+                Err(e) => tracing::warn!(error = %e, revision = rev, "etcd compaction"),
+            }
+        }
+        last = Some(current);
+    }
+}
+
+/// Local etcd clusters for tests: Debian's `etcd` binary on loopback ports with data under a
+/// directory the caller owns, members stopped by PID on drop.
+pub mod testing {
+    use std::net::TcpListener;
+    use std::path::Path;
+    use std::process::{Child, Command, Stdio};
+
+    pub struct LocalCluster {
+        pub members: Vec<Option<Child>>,
+        /// Client URL of each member.
+        pub clients: Vec<String>,
+    }
+
+    fn free_port() -> u16 {
+        TcpListener::bind("127.0.0.1:0").expect("a free port").local_addr().expect("bound").port()
+    }
+
+    impl LocalCluster {
+        /// Starts `n` members; they are healthy a couple of seconds later (REFERENCE.md).
+        pub fn start(dir: &Path, n: usize) -> LocalCluster {
+            let ports: Vec<(u16, u16)> = (0..n).map(|_| (free_port(), free_port())).collect();
+            let initial: Vec<String> = ports.iter().enumerate().map(|(i, (_, peer))| format!("m{i}=http://127.0.0.1:{peer}")).collect();
+            let mut members = Vec::new();
+            for (i, (client, peer)) in ports.iter().enumerate() {
+                let log = std::fs::File::create(dir.join(format!("etcd-m{i}.log"))).expect("etcd log file");
+                let child = Command::new("etcd")
+                    .args(["--name", &format!("m{i}")])
+                    .arg("--data-dir")
+                    .arg(dir.join(format!("etcd-m{i}")))
+                    .args(["--listen-client-urls", &format!("http://127.0.0.1:{client}")])
+                    .args(["--advertise-client-urls", &format!("http://127.0.0.1:{client}")])
+                    .args(["--listen-peer-urls", &format!("http://127.0.0.1:{peer}")])
+                    .args(["--initial-advertise-peer-urls", &format!("http://127.0.0.1:{peer}")])
+                    .args(["--initial-cluster", &initial.join(","), "--initial-cluster-state", "new"])
+                    .args(["--initial-cluster-token", "skiff-test"])
+                    .stdout(Stdio::null())
+                    .stderr(log)
+                    .spawn()
+                    .expect("etcd (scripts/install-deps.sh installs etcd-server)");
+                members.push(Some(child));
+            }
+            LocalCluster { members, clients: ports.iter().map(|(c, _)| format!("http://127.0.0.1:{c}")).collect() }
+        }
+
+        /// SIGKILLs member `i`.
+        pub fn kill(&mut self, i: usize) {
+            if let Some(mut m) = self.members[i].take() {
+                let _ = m.kill();
+                let _ = m.wait();
+            }
+        }
+    }
+
+    impl Drop for LocalCluster {
+        fn drop(&mut self) {
+            for i in 0..self.members.len() {
+                self.kill(i);
+            }
+        }
+    }
+}

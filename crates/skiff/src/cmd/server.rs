@@ -49,6 +49,14 @@ pub struct ServerArgs {
     /// Likewise for `node.kubernetes.io/unreachable`.
     #[arg(long, default_value_t = 300)]
     pub default_unreachable_toleration_seconds: i64,
+    /// Keep the cluster state in etcd instead of the embedded store: comma-separated client URLs
+    /// (`http://host:2379,...`; keys under `/registry/` as upstream's).
+    #[arg(long, value_delimiter = ',')]
+    pub datastore_endpoint: Vec<String>,
+    /// How often the API server compacts etcd's history (to the revision of the previous tick,
+    /// as upstream's --etcd-compaction-interval); 0s turns it off.
+    #[arg(long, default_value = "5m", value_parser = crate::cmd::scheduler::parse_duration)]
+    pub etcd_compaction_interval: std::time::Duration,
     /// Do not run the embedded scheduler (run `skiff scheduler` elsewhere, or none).
     #[arg(long)]
     pub disable_scheduler: bool,
@@ -96,10 +104,26 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         if args.bind_address.is_unspecified() { skiff_pki::host_ipv4().unwrap_or(IpAddr::from([127, 0, 0, 1])) } else { args.bind_address }
     });
 
-    let db_dir = args.data_dir.join("db");
-    std::fs::create_dir_all(&db_dir)?;
-    let store = skiff_store::embedded::EmbeddedStore::open(&db_dir.join("state.redb"), Default::default())
-        .with_context(|| format!("opening the store in {}", db_dir.display()))?;
+    let store: Arc<dyn skiff_store::Store> = if args.datastore_endpoint.is_empty() {
+        let db_dir = args.data_dir.join("db");
+        std::fs::create_dir_all(&db_dir)?;
+        skiff_store::embedded::EmbeddedStore::open(&db_dir.join("state.redb"), Default::default())
+            .with_context(|| format!("opening the store in {}", db_dir.display()))?
+    } else {
+        let opts = skiff_store::etcd::EtcdOptions { endpoints: args.datastore_endpoint.clone(), ..Default::default() };
+        let etcd = Arc::new(
+            skiff_store::etcd::EtcdStore::connect(opts)
+                .await
+                .with_context(|| format!("connecting to etcd at {}", args.datastore_endpoint.join(",")))?,
+        );
+        skiff_store::Store::current_revision(&*etcd)
+            .await
+            .with_context(|| format!("reading from etcd at {}", args.datastore_endpoint.join(",")))?;
+        if !args.etcd_compaction_interval.is_zero() {
+            tokio::spawn(skiff_store::etcd::compact_periodically(etcd.clone(), args.etcd_compaction_interval));
+        }
+        etcd
+    };
 
     let mut sans = args.tls_san.clone();
     sans.push(advertise.to_string());

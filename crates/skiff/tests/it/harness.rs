@@ -46,7 +46,7 @@ impl Server {
         Server::spawn(dir, port, &[])
     }
 
-    fn spawn(dir: &Path, port: u16, extra: &[&str]) -> Server {
+    pub fn spawn(dir: &Path, port: u16, extra: &[&str]) -> Server {
         let log = dir.join(format!("server-{}.log", rand_u64()));
         let kubeconfig = dir.join("kubeconfig.yaml");
         let _ = std::fs::remove_file(&kubeconfig);

@@ -7,6 +7,7 @@ mod crash;
 mod deployments;
 mod dns;
 mod endpoints;
+mod etcd;
 mod explain;
 mod gc;
 #[allow(dead_code)] // not every test uses every helper
