@@ -21,8 +21,29 @@ const COMPACT_REV_KEY: &str = "compact_rev_key";
 
 #[derive(Clone)]
 pub struct EtcdStore {
-    client: ec::Client,
+    /// One client per member: etcd-client's balanced channel keeps sending a share of requests
+    /// to a dead member, so failover is done here, on errors that prove a request was not
+    /// carried out.
+    clients: std::sync::Arc<Vec<ec::Client>>,
+    current: std::sync::Arc<std::sync::atomic::AtomicUsize>,
     prefix: String,
+}
+
+/// How long a request keeps trying other members (or waits out an election) before failing.
+const FAILOVER_BUDGET: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Errors after which the request certainly did not take effect, so another try is safe even
+/// for a write: the member could not be reached, or had no leader to propose to.
+fn not_carried_out(e: &ec::Error) -> bool {
+    match e {
+        ec::Error::GRpcStatus(st) => {
+            let m = st.message();
+            st.code() == tonic::Code::Unavailable && (m.contains("connect") || m.contains("no leader"))
+                || m.contains("etcdserver: no leader")
+        }
+        ec::Error::TransportError(_) => true,
+        _ => false,
+    }
 }
 
 /// Connection settings: endpoints (`http://host:2379`).
@@ -44,8 +65,42 @@ impl EtcdStore {
         let co = ec::ConnectOptions::new()
             .with_connect_timeout(opts.connect_timeout.unwrap_or(std::time::Duration::from_secs(5)))
             .with_keep_alive(std::time::Duration::from_secs(10), std::time::Duration::from_secs(5));
-        let client = ec::Client::connect(&opts.endpoints, Some(co)).await.map_err(backend)?;
-        Ok(EtcdStore { client, prefix: opts.prefix })
+        // Without a leader a member refuses at once (instead of holding the request until its
+        // own timeout), so the request can wait out the election and go again.
+        let co = co.with_require_leader(true);
+        let mut clients = Vec::new();
+        for ep in &opts.endpoints {
+            clients.push(ec::Client::connect([ep], Some(co.clone())).await.map_err(backend)?);
+        }
+        if clients.is_empty() {
+            return Err(StoreError::InvalidRequest("no etcd endpoints".into()));
+        }
+        Ok(EtcdStore { clients: std::sync::Arc::new(clients), current: Default::default(), prefix: opts.prefix })
+    }
+
+    /// Runs `f` against the current member, moving to the next one (and, once all were tried,
+    /// pausing briefly) while the error proves nothing happened, for up to `FAILOVER_BUDGET`.
+    async fn call<T, F, Fut>(&self, f: F) -> std::result::Result<T, ec::Error>
+    where
+        F: Fn(ec::Client) -> Fut,
+        Fut: std::future::Future<Output = std::result::Result<T, ec::Error>>,
+    {
+        use std::sync::atomic::Ordering;
+        let deadline = tokio::time::Instant::now() + FAILOVER_BUDGET;
+        let mut tried = 0;
+        loop {
+            let i = self.current.load(Ordering::Relaxed) % self.clients.len();
+            match f(self.clients[i].clone()).await {
+                Err(e) if not_carried_out(&e) && tokio::time::Instant::now() < deadline => {
+                    let _ = self.current.compare_exchange(i, (i + 1) % self.clients.len(), Ordering::Relaxed, Ordering::Relaxed);
+                    tried += 1;
+                    if tried % self.clients.len() == 0 {
+                        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    }
+                }
+                other => return other,
+            }
+        }
     }
 
     fn full(&self, key: &str) -> Vec<u8> {
@@ -153,8 +208,14 @@ fn non_empty(key: &str) -> Result<()> {
 impl Store for EtcdStore {
     async fn range(&self, req: RangeRequest) -> Result<RangeResponse> {
         non_empty(&req.key)?;
-        let mut kv = self.client.kv_client();
-        match kv.get(self.full(&req.key), Some(self.get_options(&req))).await {
+        let (key, o) = (self.full(&req.key), self.get_options(&req));
+        match self
+            .call(|c| {
+                let (key, o) = (key.clone(), o.clone());
+                async move { c.kv_client().get(key, Some(o)).await }
+            })
+            .await
+        {
             Ok(g) => Ok(self.range_response(&g)),
             Err(e) => Err(self.error(e).await),
         }
@@ -172,8 +233,13 @@ impl Store for EtcdStore {
             return Err(StoreError::FutureRevision);
         }
         let t = ec::Txn::new().when(compare).and_then(success).or_else(failure);
-        let mut kv = self.client.kv_client();
-        let resp = match kv.txn(t).await {
+        let resp = match self
+            .call(|c| {
+                let t = t.clone();
+                async move { c.kv_client().txn(t).await }
+            })
+            .await
+        {
             Ok(r) => r,
             Err(e) => return Err(self.error(e).await),
         };
@@ -204,7 +270,14 @@ impl Store for EtcdStore {
         if let Some(end) = &range_end {
             o = o.with_range(self.full_end(end));
         }
-        let mut stream = self.client.watch_client().watch(self.full(&key), Some(o)).await.map_err(backend)?;
+        let k = self.full(&key);
+        let mut stream = self
+            .call(|c| {
+                let (k, o) = (k.clone(), o.clone());
+                async move { c.watch_client().watch(k, Some(o)).await }
+            })
+            .await
+            .map_err(backend)?;
         let (tx, rx) = tokio::sync::mpsc::channel::<Result<Event>>(256);
         let this = self.clone();
         tokio::spawn(async move {
@@ -216,7 +289,8 @@ impl Store for EtcdStore {
                 let resp = match msg {
                     Ok(Some(r)) => r,
                     Ok(None) => {
-                        let _ = tx.send(Err(StoreError::Closed)).await;
+                        // The member went away, not this store: the caller re-watches.
+                        let _ = tx.send(Err(StoreError::Backend("etcd watch stream ended".into()))).await;
                         return;
                     }
                     Err(e) => {
@@ -249,14 +323,17 @@ impl Store for EtcdStore {
     }
 
     async fn current_revision(&self) -> Result<Revision> {
-        let mut kv = self.client.kv_client();
-        let g = kv.get(COMPACT_REV_KEY, Some(ec::GetOptions::new().with_count_only())).await.map_err(backend)?;
+        let g = self
+            .call(|c| async move { c.kv_client().get(COMPACT_REV_KEY, Some(ec::GetOptions::new().with_count_only())).await })
+            .await
+            .map_err(backend)?;
         Ok(g.header().map_or(0, |h| h.revision()))
     }
 
     async fn compact(&self, revision: Revision) -> Result<()> {
-        let mut kv = self.client.kv_client();
-        if let Err(e) = kv.compact(revision, Some(ec::CompactionOptions::new().with_physical())).await {
+        if let Err(e) =
+            self.call(|c| async move { c.kv_client().compact(revision, Some(ec::CompactionOptions::new().with_physical())).await }).await
+        {
             return Err(self.error(e).await);
         }
         // Recorded only if newer, so two API servers compacting cannot move it back.
@@ -264,7 +341,13 @@ impl Store for EtcdStore {
         let missing = ec::Compare::version(COMPACT_REV_KEY, ec::CompareOp::Equal, 0);
         for guard in [missing, newer] {
             let t = ec::Txn::new().when(vec![guard]).and_then(vec![ec::TxnOp::put(COMPACT_REV_KEY, format!("{revision:020}"), None)]);
-            if kv.txn(t).await.map_err(backend)?.succeeded() {
+            let r = self
+                .call(|c| {
+                    let t = t.clone();
+                    async move { c.kv_client().txn(t).await }
+                })
+                .await;
+            if r.map_err(backend)?.succeeded() {
                 break;
             }
         }
@@ -272,8 +355,7 @@ impl Store for EtcdStore {
     }
 
     async fn compact_revision(&self) -> Result<Revision> {
-        let mut kv = self.client.kv_client();
-        let g = kv.get(COMPACT_REV_KEY, None).await.map_err(backend)?;
+        let g = self.call(|c| async move { c.kv_client().get(COMPACT_REV_KEY, None).await }).await.map_err(backend)?;
         Ok(g.kvs().first().and_then(|kv| std::str::from_utf8(kv.value()).ok()?.trim().parse().ok()).unwrap_or(0))
     }
 }
@@ -307,13 +389,15 @@ pub async fn compact_periodically(store: std::sync::Arc<EtcdStore>, interval: st
 /// directory the caller owns, members stopped by PID on drop.
 pub mod testing {
     use std::net::TcpListener;
-    use std::path::Path;
+    use std::path::{Path, PathBuf};
     use std::process::{Child, Command, Stdio};
 
     pub struct LocalCluster {
         pub members: Vec<Option<Child>>,
         /// Client URL of each member.
         pub clients: Vec<String>,
+        args: Vec<Vec<String>>,
+        dir: PathBuf,
     }
 
     fn free_port() -> u16 {
@@ -325,26 +409,50 @@ pub mod testing {
         pub fn start(dir: &Path, n: usize) -> LocalCluster {
             let ports: Vec<(u16, u16)> = (0..n).map(|_| (free_port(), free_port())).collect();
             let initial: Vec<String> = ports.iter().enumerate().map(|(i, (_, peer))| format!("m{i}=http://127.0.0.1:{peer}")).collect();
-            let mut members = Vec::new();
-            for (i, (client, peer)) in ports.iter().enumerate() {
-                let log = std::fs::File::create(dir.join(format!("etcd-m{i}.log"))).expect("etcd log file");
-                let child = Command::new("etcd")
-                    .args(["--name", &format!("m{i}")])
-                    .arg("--data-dir")
-                    .arg(dir.join(format!("etcd-m{i}")))
-                    .args(["--listen-client-urls", &format!("http://127.0.0.1:{client}")])
-                    .args(["--advertise-client-urls", &format!("http://127.0.0.1:{client}")])
-                    .args(["--listen-peer-urls", &format!("http://127.0.0.1:{peer}")])
-                    .args(["--initial-advertise-peer-urls", &format!("http://127.0.0.1:{peer}")])
-                    .args(["--initial-cluster", &initial.join(","), "--initial-cluster-state", "new"])
-                    .args(["--initial-cluster-token", "skiff-test"])
-                    .stdout(Stdio::null())
-                    .stderr(log)
-                    .spawn()
-                    .expect("etcd (scripts/install-deps.sh installs etcd-server)");
-                members.push(Some(child));
+            let args = ports
+                .iter()
+                .enumerate()
+                .map(|(i, (client, peer))| {
+                    let data = dir.join(format!("etcd-m{i}")).display().to_string();
+                    let (c, p) = (format!("http://127.0.0.1:{client}"), format!("http://127.0.0.1:{peer}"));
+                    let flags = [
+                        ("--name", format!("m{i}")),
+                        ("--data-dir", data),
+                        ("--listen-client-urls", c.clone()),
+                        ("--advertise-client-urls", c),
+                        ("--listen-peer-urls", p.clone()),
+                        ("--initial-advertise-peer-urls", p),
+                        ("--initial-cluster", initial.join(",")),
+                        ("--initial-cluster-state", "new".into()),
+                        ("--initial-cluster-token", "skiff-test".into()),
+                    ];
+                    flags.into_iter().flat_map(|(k, v)| [k.to_string(), v]).collect()
+                })
+                .collect();
+            let mut c = LocalCluster {
+                members: (0..n).map(|_| None).collect(),
+                clients: ports.iter().map(|(c, _)| format!("http://127.0.0.1:{c}")).collect(),
+                args,
+                dir: dir.to_path_buf(),
+            };
+            for i in 0..n {
+                c.restart(i);
             }
-            LocalCluster { members, clients: ports.iter().map(|(c, _)| format!("http://127.0.0.1:{c}")).collect() }
+            c
+        }
+
+        /// (Re)starts member `i` on its data dir (a restarted member rejoins with its data).
+        pub fn restart(&mut self, i: usize) {
+            self.kill(i);
+            let log =
+                std::fs::OpenOptions::new().create(true).append(true).open(self.dir.join(format!("etcd-m{i}.log"))).expect("etcd log file");
+            let child = Command::new("etcd")
+                .args(&self.args[i])
+                .stdout(Stdio::null())
+                .stderr(log)
+                .spawn()
+                .expect("etcd (scripts/install-deps.sh installs etcd-server)");
+            self.members[i] = Some(child);
         }
 
         /// SIGKILLs member `i`.
