@@ -88,6 +88,40 @@ async fn connections(conn: &Connector, n: usize) -> anyhow::Result<Vec<Conn>> {
     Ok(out)
 }
 
+/// The same durable creates through a second `skiff server` whose store is a 3-member etcd
+/// cluster on this machine (`--datastore-endpoint`), beside the embedded store's numbers of the
+/// same run.
+async fn on_etcd_cluster(args: &ApiArgs, tmp: &std::path::Path, clients: &[usize]) -> anyhow::Result<()> {
+    let dir = tmp.join("etcd3");
+    std::fs::create_dir_all(&dir)?;
+    let cluster = skiff_store::etcd::testing::LocalCluster::start(&dir, 3);
+    let endpoints = cluster.clients.join(",");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !std::process::Command::new("etcdctl")
+        .env("ETCDCTL_API", "3")
+        .arg(format!("--endpoints={endpoints}"))
+        .args(["endpoint", "health"])
+        .output()
+        .is_ok_and(|o| o.status.success())
+    {
+        anyhow::ensure!(Instant::now() < deadline, "the 3-member etcd cluster did not become healthy in 30 s");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let server = Server::start(tmp.join("skiff-on-etcd"), &["--datastore-endpoint", &endpoints])?;
+    let conn = Connector::from_data_dir(&server.dir.join("tls"), format!("127.0.0.1:{}", server.port).parse()?)?;
+    create_namespace(&mut conn.connect().await?, "bench").await?;
+    println!("\nskiff on a 3-member etcd 3.4 cluster (same machine, same disk), same creates:\n");
+    println!("| durable creates | skiff on etcd creates/s | p50 | p99 |");
+    println!("|---|---|---|---|");
+    for &n in clients {
+        let r = skiff_creates(&conn, "bench", n, args.seconds, None).await?;
+        println!("| {n} clients | {:.0} | {} | {} |", r.rate(), ms(r.p50), ms(r.p99));
+    }
+    drop(server);
+    drop(cluster);
+    Ok(())
+}
+
 async fn skiff_creates(
     conn: &Connector,
     ns: &'static str,
@@ -256,6 +290,9 @@ async fn run_in(args: &ApiArgs, tmp: &std::path::Path) -> anyhow::Result<()> {
         };
         let ratio = if erate > 0.0 { format!("{:.2}×", s.rate() / erate) } else { "-".into() };
         println!("| {clients} clients | {:.0} | {} | {} | {erate:.0} | {ep50} | {ep99} | {ratio} |", s.rate(), ms(s.p50), ms(s.p99));
+    }
+    if !args.etcd.is_empty() {
+        on_etcd_cluster(args, tmp, &[1, 16, 128]).await.context("skiff on a 3-member etcd")?;
     }
     let paced = skiff_creates(&conn, "bench", 16, args.seconds, Some(Duration::from_micros(16 * 500))).await?;
     println!(
