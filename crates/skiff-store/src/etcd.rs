@@ -46,10 +46,15 @@ fn not_carried_out(e: &ec::Error) -> bool {
     }
 }
 
-/// Connection settings: endpoints (`http://host:2379`).
+/// Connection settings: endpoints (`http://host:2379`, or `https://` with `ca_file`).
 #[derive(Clone, Debug, Default)]
 pub struct EtcdOptions {
     pub endpoints: Vec<String>,
+    /// CA bundle (PEM) that etcd's serving certificates are checked against.
+    pub ca_file: Option<std::path::PathBuf>,
+    /// Client certificate and key (PEM) for etcd's `--client-cert-auth`.
+    pub cert_file: Option<std::path::PathBuf>,
+    pub key_file: Option<std::path::PathBuf>,
     /// Namespace for every key (empty: none).
     pub prefix: String,
     pub connect_timeout: Option<std::time::Duration>,
@@ -61,10 +66,19 @@ fn backend(e: ec::Error) -> StoreError {
 
 impl EtcdStore {
     pub async fn connect(opts: EtcdOptions) -> Result<EtcdStore> {
-        // TLS to etcd (etcd-client's `tls` feature) is not built yet: plain http endpoints only.
-        let co = ec::ConnectOptions::new()
+        let mut co = ec::ConnectOptions::new()
             .with_connect_timeout(opts.connect_timeout.unwrap_or(std::time::Duration::from_secs(5)))
             .with_keep_alive(std::time::Duration::from_secs(10), std::time::Duration::from_secs(5));
+        let read = |p: &std::path::Path| std::fs::read(p).map_err(|e| StoreError::Backend(format!("reading {}: {e}", p.display())));
+        if let Some(ca) = &opts.ca_file {
+            let mut tls = ec::TlsOptions::new().ca_certificate(ec::Certificate::from_pem(read(ca)?));
+            match (&opts.cert_file, &opts.key_file) {
+                (Some(cert), Some(key)) => tls = tls.identity(ec::Identity::from_pem(read(cert)?, read(key)?)),
+                (None, None) => {}
+                _ => return Err(StoreError::InvalidRequest("an etcd client certificate needs both its cert and key file".into())),
+            }
+            co = co.with_tls(tls);
+        }
         // Without a leader a member refuses at once (instead of holding the request until its
         // own timeout), so the request can wait out the election and go again.
         let co = co.with_require_leader(true);
@@ -392,6 +406,13 @@ pub mod testing {
     use std::path::{Path, PathBuf};
     use std::process::{Child, Command, Stdio};
 
+    /// PEM files for a cluster serving TLS and requiring client certificates.
+    pub struct Tls {
+        pub ca: PathBuf,
+        pub cert: PathBuf,
+        pub key: PathBuf,
+    }
+
     pub struct LocalCluster {
         pub members: Vec<Option<Child>>,
         /// Client URL of each member.
@@ -407,6 +428,13 @@ pub mod testing {
     impl LocalCluster {
         /// Starts `n` members; they are healthy a couple of seconds later (REFERENCE.md).
         pub fn start(dir: &Path, n: usize) -> LocalCluster {
+            LocalCluster::start_with(dir, n, None)
+        }
+
+        /// Like `start`; with `tls`, clients must use https and present a certificate of that
+        /// CA (the members' serving certificate is `tls.cert`, which must name 127.0.0.1).
+        pub fn start_with(dir: &Path, n: usize, tls: Option<&Tls>) -> LocalCluster {
+            let scheme = if tls.is_some() { "https" } else { "http" };
             let ports: Vec<(u16, u16)> = (0..n).map(|_| (free_port(), free_port())).collect();
             let initial: Vec<String> = ports.iter().enumerate().map(|(i, (_, peer))| format!("m{i}=http://127.0.0.1:{peer}")).collect();
             let args = ports
@@ -414,7 +442,7 @@ pub mod testing {
                 .enumerate()
                 .map(|(i, (client, peer))| {
                     let data = dir.join(format!("etcd-m{i}")).display().to_string();
-                    let (c, p) = (format!("http://127.0.0.1:{client}"), format!("http://127.0.0.1:{peer}"));
+                    let (c, p) = (format!("{scheme}://127.0.0.1:{client}"), format!("http://127.0.0.1:{peer}"));
                     let flags = [
                         ("--name", format!("m{i}")),
                         ("--data-dir", data),
@@ -426,12 +454,19 @@ pub mod testing {
                         ("--initial-cluster-state", "new".into()),
                         ("--initial-cluster-token", "skiff-test".into()),
                     ];
-                    flags.into_iter().flat_map(|(k, v)| [k.to_string(), v]).collect()
+                    let mut args: Vec<String> = flags.into_iter().flat_map(|(k, v)| [k.to_string(), v]).collect();
+                    if let Some(t) = tls {
+                        for (k, v) in [("--cert-file", &t.cert), ("--key-file", &t.key), ("--trusted-ca-file", &t.ca)] {
+                            args.extend([k.to_string(), v.display().to_string()]);
+                        }
+                        args.push("--client-cert-auth".into());
+                    }
+                    args
                 })
                 .collect();
             let mut c = LocalCluster {
                 members: (0..n).map(|_| None).collect(),
-                clients: ports.iter().map(|(c, _)| format!("http://127.0.0.1:{c}")).collect(),
+                clients: ports.iter().map(|(c, _)| format!("{scheme}://127.0.0.1:{c}")).collect(),
                 args,
                 dir: dir.to_path_buf(),
             };

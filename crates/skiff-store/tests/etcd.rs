@@ -12,7 +12,12 @@ use skiff_store::etcd::{EtcdOptions, EtcdStore};
 async fn connect(e: &LocalCluster, prefix: &str) -> EtcdStore {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let opts = EtcdOptions { endpoints: e.clients.clone(), prefix: prefix.into(), connect_timeout: Some(Duration::from_secs(2)) };
+        let opts = EtcdOptions {
+            endpoints: e.clients.clone(),
+            prefix: prefix.into(),
+            connect_timeout: Some(Duration::from_secs(2)),
+            ..Default::default()
+        };
         if let Ok(s) = EtcdStore::connect(opts).await
             && s.current_revision().await.is_ok()
         {

@@ -53,6 +53,14 @@ pub struct ServerArgs {
     /// (`http://host:2379,...`; keys under `/registry/` as upstream's).
     #[arg(long, value_delimiter = ',')]
     pub datastore_endpoint: Vec<String>,
+    /// CA bundle for `https://` etcd endpoints.
+    #[arg(long)]
+    pub datastore_cafile: Option<PathBuf>,
+    /// Client certificate (and `--datastore-keyfile`) for etcd's --client-cert-auth.
+    #[arg(long)]
+    pub datastore_certfile: Option<PathBuf>,
+    #[arg(long)]
+    pub datastore_keyfile: Option<PathBuf>,
     /// How often the API server compacts etcd's history (to the revision of the previous tick,
     /// as upstream's --etcd-compaction-interval); 0s turns it off.
     #[arg(long, default_value = "5m", value_parser = crate::cmd::scheduler::parse_duration)]
@@ -110,7 +118,13 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         skiff_store::embedded::EmbeddedStore::open(&db_dir.join("state.redb"), Default::default())
             .with_context(|| format!("opening the store in {}", db_dir.display()))?
     } else {
-        let opts = skiff_store::etcd::EtcdOptions { endpoints: args.datastore_endpoint.clone(), ..Default::default() };
+        let opts = skiff_store::etcd::EtcdOptions {
+            endpoints: args.datastore_endpoint.clone(),
+            ca_file: args.datastore_cafile.clone(),
+            cert_file: args.datastore_certfile.clone(),
+            key_file: args.datastore_keyfile.clone(),
+            ..Default::default()
+        };
         let etcd = Arc::new(
             skiff_store::etcd::EtcdStore::connect(opts)
                 .await
