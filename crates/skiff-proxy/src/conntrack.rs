@@ -75,14 +75,7 @@ impl Conntrack {
             if let Some(d) = &dst {
                 args.extend(["--orig-dst", d.as_str()]);
             }
-            let mut cmd = match &self.netns {
-                Some(ns) => {
-                    let mut c = tokio::process::Command::new("ip");
-                    c.args(["netns", "exec", ns]).arg(&self.bin);
-                    c
-                }
-                None => tokio::process::Command::new(&self.bin),
-            };
+            let mut cmd = crate::tool::command(&self.bin, self.netns.as_deref());
             let out = cmd.args(&args).output().await.with_context(|| format!("running {}", self.bin.display()))?;
             let err = String::from_utf8_lossy(&out.stderr);
             // It exits 1 when nothing matched, which is the common case.
@@ -104,24 +97,12 @@ impl Conntrack {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::Endpoint;
+    use crate::model::fixtures::{endpoint, port as service_port};
 
     fn port(proto: Proto, eps: &[&str]) -> ServicePort {
-        ServicePort {
-            id: "ns/dns:dns/udp".into(),
-            proto,
-            cluster_ips: vec!["10.43.0.53".parse().unwrap()],
-            port: 53,
-            node_port: Some(30053),
-            external_ips: vec![],
-            external_local: false,
-            internal_local: false,
-            affinity_timeout: None,
-            endpoints: eps
-                .iter()
-                .map(|e| Endpoint { ip: e.parse().unwrap(), port: 5353, local: true, ready: true, serving: true, terminating: false })
-                .collect(),
-        }
+        let mut p = service_port("ns/dns:dns/udp", proto, "10.43.0.53", 53, eps.iter().map(|e| endpoint(e, 5353, true)).collect());
+        p.node_port = Some(30053);
+        p
     }
 
     #[test]

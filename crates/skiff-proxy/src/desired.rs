@@ -149,30 +149,14 @@ impl Desired {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{Endpoint, Proto};
+    use crate::model::Proto;
+    use crate::model::fixtures::{self, endpoint, opts};
     use crate::nft::{From, transaction};
     use crate::rules::HAIRPIN;
 
-    fn opts() -> Options {
-        Options { cluster_cidr: Some("10.42.0.0/16".parse().unwrap()), service_cidr: "10.43.0.0/16".parse().unwrap() }
-    }
-
     fn port(name: &str, ip: &str, eps: &[&str]) -> ServicePort {
-        ServicePort {
-            id: format!("ns/{name}:/tcp"),
-            proto: Proto::Tcp,
-            cluster_ips: vec![ip.parse().unwrap()],
-            port: 80,
-            node_port: None,
-            external_ips: vec![],
-            external_local: false,
-            internal_local: false,
-            affinity_timeout: None,
-            endpoints: eps
-                .iter()
-                .map(|e| Endpoint { ip: e.parse().unwrap(), port: 80, local: true, ready: true, serving: true, terminating: false })
-                .collect(),
-        }
+        let eps = eps.iter().map(|e| endpoint(e, 80, true)).collect();
+        fixtures::port(&format!("ns/{name}:/tcp"), Proto::Tcp, ip, 80, eps)
     }
 
     /// Applying the steps one after another gives the same table as building the end state.

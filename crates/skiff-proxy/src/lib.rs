@@ -18,6 +18,7 @@ pub mod host;
 pub mod model;
 pub mod nft;
 pub mod rules;
+mod tool;
 pub mod watch;
 
 /// How long a change waits for the ones right behind it before the sync runs.

@@ -187,6 +187,37 @@ pub fn service_ports(svc: &Service, slices: &[&EndpointSlice], node_name: &str) 
     out
 }
 
+/// Builders for the proxy's unit tests: a ClusterIP port with ready endpoints, adjusted field by
+/// field where a test needs more.
+#[cfg(test)]
+pub(crate) mod fixtures {
+    use super::{Endpoint, Proto, ServicePort};
+    use crate::rules::Options;
+
+    pub fn opts() -> Options {
+        Options { cluster_cidr: Some("10.42.0.0/16".parse().unwrap()), service_cidr: "10.43.0.0/16".parse().unwrap() }
+    }
+
+    pub fn endpoint(ip: &str, port: u16, local: bool) -> Endpoint {
+        Endpoint { ip: ip.parse().unwrap(), port, local, ready: true, serving: true, terminating: false }
+    }
+
+    pub fn port(id: &str, proto: Proto, cluster_ip: &str, port: u16, endpoints: Vec<Endpoint>) -> ServicePort {
+        ServicePort {
+            id: id.into(),
+            proto,
+            cluster_ips: vec![cluster_ip.parse().unwrap()],
+            port,
+            node_port: None,
+            external_ips: vec![],
+            external_local: false,
+            internal_local: false,
+            affinity_timeout: None,
+            endpoints,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

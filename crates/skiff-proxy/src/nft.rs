@@ -44,14 +44,7 @@ impl Nft {
     }
 
     async fn run(&self, args: &[&str], stdin: Option<&str>) -> anyhow::Result<String> {
-        let mut cmd = match &self.netns {
-            Some(ns) => {
-                let mut c = tokio::process::Command::new("ip");
-                c.args(["netns", "exec", ns]).arg(&self.bin);
-                c
-            }
-            None => tokio::process::Command::new(&self.bin),
-        };
+        let mut cmd = crate::tool::command(&self.bin, self.netns.as_deref());
         cmd.args(args).stdout(Stdio::piped()).stderr(Stdio::piped()).kill_on_drop(true);
         cmd.stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() });
         let mut child = cmd.spawn().with_context(|| format!("starting {}", self.bin.display()))?;
@@ -260,29 +253,13 @@ pub fn transaction(from: From<'_>, next: &Ruleset) -> Transaction {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{Endpoint, Proto, ServicePort};
-    use crate::rules::{Options, SERVICE_IPS, hash_name};
-
-    fn opts() -> Options {
-        Options { cluster_cidr: Some("10.42.0.0/16".parse().unwrap()), service_cidr: "10.43.0.0/16".parse().unwrap() }
-    }
+    use crate::model::fixtures::{self, endpoint, opts};
+    use crate::model::{Proto, ServicePort};
+    use crate::rules::{SERVICE_IPS, hash_name};
 
     fn port(name: &str, ip: &str, eps: &[&str]) -> ServicePort {
-        ServicePort {
-            id: format!("ns/{name}:/tcp"),
-            proto: Proto::Tcp,
-            cluster_ips: vec![ip.parse().unwrap()],
-            port: 80,
-            node_port: None,
-            external_ips: vec![],
-            external_local: false,
-            internal_local: false,
-            affinity_timeout: None,
-            endpoints: eps
-                .iter()
-                .map(|e| Endpoint { ip: e.parse().unwrap(), port: 80, local: false, ready: true, serving: true, terminating: false })
-                .collect(),
-        }
+        let eps = eps.iter().map(|e| endpoint(e, 80, false)).collect();
+        fixtures::port(&format!("ns/{name}:/tcp"), Proto::Tcp, ip, 80, eps)
     }
 
     #[test]

@@ -57,7 +57,7 @@ pub fn declaration(name: &str) -> Option<(String, bool)> {
     if let Some((ty, is_map)) = fixed {
         return Some((ty.to_string(), is_map));
     }
-    if name.strip_prefix("endpoint-chains-").is_some() {
+    if name.starts_with("endpoint-chains-") {
         return Some(("typeof numgen random mod 1 : verdict".into(), true));
     }
     // The data's protocol is part of the map: nft refuses `th dport` data under a rule that
@@ -391,28 +391,14 @@ impl Ruleset {
 mod tests {
     use super::*;
     use crate::model::Proto;
-
-    fn opts() -> Options {
-        Options { cluster_cidr: Some("10.42.0.0/16".parse().unwrap()), service_cidr: "10.43.0.0/16".parse().unwrap() }
-    }
+    use crate::model::fixtures::{self, endpoint, opts};
 
     fn ep(ip: &str, local: bool) -> Endpoint {
-        Endpoint { ip: ip.parse().unwrap(), port: 8080, local, ready: true, serving: true, terminating: false }
+        endpoint(ip, 8080, local)
     }
 
     fn port(endpoints: Vec<Endpoint>) -> ServicePort {
-        ServicePort {
-            id: "ns/web:http/tcp".into(),
-            proto: Proto::Tcp,
-            cluster_ips: vec!["10.43.0.7".parse().unwrap()],
-            port: 80,
-            node_port: None,
-            external_ips: vec![],
-            external_local: false,
-            internal_local: false,
-            affinity_timeout: None,
-            endpoints,
-        }
+        fixtures::port("ns/web:http/tcp", Proto::Tcp, "10.43.0.7", 80, endpoints)
     }
 
     #[test]

@@ -66,9 +66,12 @@ fn backend(e: ec::Error) -> StoreError {
 
 impl EtcdStore {
     pub async fn connect(opts: EtcdOptions) -> Result<EtcdStore> {
+        // Without a leader a member refuses at once (instead of holding the request until its
+        // own timeout), so the request can wait out the election and go again.
         let mut co = ec::ConnectOptions::new()
             .with_connect_timeout(opts.connect_timeout.unwrap_or(std::time::Duration::from_secs(5)))
-            .with_keep_alive(std::time::Duration::from_secs(10), std::time::Duration::from_secs(5));
+            .with_keep_alive(std::time::Duration::from_secs(10), std::time::Duration::from_secs(5))
+            .with_require_leader(true);
         let read = |p: &std::path::Path| std::fs::read(p).map_err(|e| StoreError::Backend(format!("reading {}: {e}", p.display())));
         if let Some(ca) = &opts.ca_file {
             let mut tls = ec::TlsOptions::new().ca_certificate(ec::Certificate::from_pem(read(ca)?));
@@ -79,9 +82,6 @@ impl EtcdStore {
             }
             co = co.with_tls(tls);
         }
-        // Without a leader a member refuses at once (instead of holding the request until its
-        // own timeout), so the request can wait out the election and go again.
-        let co = co.with_require_leader(true);
         let mut clients = Vec::new();
         for ep in &opts.endpoints {
             clients.push(ec::Client::connect([ep], Some(co.clone())).await.map_err(backend)?);
